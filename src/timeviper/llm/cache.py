@@ -1,0 +1,138 @@
+"""Inference state of a HybridLM: per layer a Mamba-2 state (O(1) in length) or an attention KV cache.
+
+Every layer keeps its own length, so a layer may see fewer tokens than the layer before it (TransV
+removes vision tokens mid-network). Rows of a batch may hold different lengths: `Cache.stack` pads
+single-request caches into one batch for decoding, and attention masks the padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class MambaState:
+    conv: Tensor  # [B, conv_dim, K-1] the last K-1 inputs of the depthwise conv
+    ssm: Tensor  # [B, H, P, N] float32
+
+    @staticmethod
+    def stack(states: list["MambaState"]) -> "MambaState":
+        return MambaState(torch.cat([s.conv for s in states]), torch.cat([s.ssm for s in states]))
+
+
+class KVCache:
+    """Keys and values of one attention layer, [B, Hkv, capacity, D], grown geometrically.
+
+    `length` is the longest row; `lengths` ([B] long) is set only when rows differ (after `stack`).
+    """
+
+    def __init__(self, k: Tensor, v: Tensor, length: int = 0, lengths: Tensor | None = None):
+        self.k, self.v, self.length, self.lengths = k, v, length, lengths
+
+    @classmethod
+    def empty(cls, batch: int, kv_heads: int, head_dim: int, capacity: int, dtype, device) -> "KVCache":
+        shape = (batch, kv_heads, capacity, head_dim)
+        return cls(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for `capacity` tokens in one allocation (avoids regrowth on long prefills)."""
+        if capacity <= self.capacity:
+            return
+        k, v = self.k, self.v
+        self.k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
+        self.v = v.new_empty(self.k.shape)
+        self.k[:, :, : self.length] = k[:, :, : self.length]
+        self.v[:, :, : self.length] = v[:, :, : self.length]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Add k, v [B, Hkv, T, D]; return all keys and values so far and a key mask [B,1,1,L] or None.
+
+        With rows of different lengths only one token at a time may be added (decoding).
+        """
+        t = k.shape[2]
+        needed = self.length + t
+        if needed > self.capacity:
+            self.reserve(max(needed, 2 * self.capacity, 256))
+        if self.lengths is None:
+            self.k[:, :, self.length : needed] = k
+            self.v[:, :, self.length : needed] = v
+            self.length = needed
+            return self.k[:, :, :needed], self.v[:, :, :needed], None
+        if t != 1:
+            raise ValueError("rows of different lengths can only be extended one token at a time")
+        rows = torch.arange(k.shape[0], device=k.device)
+        self.k[rows, :, self.lengths] = k[:, :, 0]
+        self.v[rows, :, self.lengths] = v[:, :, 0]
+        self.lengths = self.lengths + 1
+        self.length = needed
+        positions = torch.arange(needed, device=k.device)
+        mask = positions[None, :] < self.lengths[:, None]  # [B, L]
+        return self.k[:, :, :needed], self.v[:, :, :needed], mask[:, None, None, :]
+
+    @staticmethod
+    def stack(caches: list["KVCache"], extra: int = 0) -> "KVCache":
+        """Pad single-row caches into one batch with room for `extra` more tokens per row."""
+        lengths = [c.length for c in caches]
+        ref = caches[0].k
+        out = KVCache.empty(len(caches), ref.shape[1], ref.shape[3], max(lengths) + extra, ref.dtype, ref.device)
+        for row, c in enumerate(caches):
+            out.k[row, :, : c.length] = c.k[0, :, : c.length]
+            out.v[row, :, : c.length] = c.v[0, :, : c.length]
+        out.length = max(lengths)
+        if len(set(lengths)) > 1:
+            out.lengths = torch.tensor(lengths, device=ref.device)
+        return out
+
+
+class Cache:
+    """The state of a whole HybridLM for a batch of B rows.
+
+    `layers[i]` is a MambaState, a KVCache or None (MLP layers, or not yet run).
+    `next_position` ([B] long) is the position id of each row's next token: it counts every token a
+    row was given, including those that TransV later removed, so rotary positions stay those of the
+    full sequence.
+    """
+
+    def __init__(self, num_layers: int, next_position: Tensor):
+        self.layers: list[MambaState | KVCache | None] = [None] * num_layers
+        self.next_position = next_position
+
+    @classmethod
+    def new(cls, num_layers: int, batch: int, device=None) -> "Cache":
+        return cls(num_layers, torch.zeros(batch, dtype=torch.long, device=device))
+
+    @property
+    def batch_size(self) -> int:
+        return self.next_position.shape[0]
+
+    def kv_tokens(self) -> int:
+        """Tokens held by all KV caches together (a measure of the cache's size)."""
+        return sum(c.length for c in self.layers if isinstance(c, KVCache))
+
+    def nbytes(self) -> int:
+        total = 0
+        for c in self.layers:
+            if isinstance(c, KVCache):
+                total += c.k.nbytes + c.v.nbytes
+            elif isinstance(c, MambaState):
+                total += c.conv.nbytes + c.ssm.nbytes
+        return total
+
+    @staticmethod
+    def stack(caches: list["Cache"], extra: int = 0) -> "Cache":
+        """Join single-request caches (each B=1, any lengths) into one batch, with room for `extra` tokens."""
+        out = Cache(len(caches[0].layers), torch.cat([c.next_position for c in caches]))
+        for i, layer in enumerate(caches[0].layers):
+            states = [c.layers[i] for c in caches]
+            if isinstance(layer, KVCache):
+                out.layers[i] = KVCache.stack(states, extra)
+            elif isinstance(layer, MambaState):
+                out.layers[i] = MambaState.stack(states)
+        return out
