@@ -1,0 +1,221 @@
+"""TransV (paper §3.2, Eq. 5-6): drop vision tokens inside the LLM and transfer them into the instruction.
+
+At layer l, a share p of the vision tokens present there is dropped, either evenly spaced (`uni`) or
+the least attended by the last instruction token under layer l's own attention (`attn`); then
+
+    X1 <- X1 + tanh(alpha_l) * CrossAttn_l(X1, dropped)          alpha_l initialised to 0
+
+and the dropped tokens leave the sequence for every later layer and cache. `td` / `tdattn` drop
+without transfer (the paper's ablation). TransV acts on the hidden states *entering* layer l.
+
+Spec strings: `kind_layer_p` joined by `-`, e.g. the paper's `uni_7_0.5-attn_39_0.9`; `none` for no TransV.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from timeviper.errors import ConfigError
+from timeviper.llm.attention import Attention
+from timeviper.llm.config import LMConfig
+from timeviper.llm.layers import RMSNorm
+
+KINDS = {"uni": ("uniform", True), "attn": ("attention", True), "td": ("uniform", False),
+         "tduni": ("uniform", False), "tdattn": ("attention", False)}
+
+
+@dataclass(frozen=True)
+class TransVSpec:
+    kind: str
+    layer: int
+    p: float
+
+    @property
+    def strategy(self) -> str:  # "uniform" | "attention"
+        return KINDS[self.kind][0]
+
+    @property
+    def transfers(self) -> bool:
+        return KINDS[self.kind][1]
+
+    def __str__(self) -> str:
+        return f"{self.kind}_{self.layer}_{self.p:g}"
+
+
+def parse_transv(spec: str | None, cfg: LMConfig | None = None) -> list[TransVSpec]:
+    """'uni_7_0.5-attn_39_0.9' -> [TransVSpec('uni', 7, 0.5), TransVSpec('attn', 39, 0.9)], sorted by layer."""
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return []
+    specs = []
+    for part in spec.split("-"):
+        fields = part.split("_")
+        try:
+            kind, layer, p = fields[0].lower(), int(fields[1]), float(fields[2])
+            if len(fields) != 3 or kind not in KINDS:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise ConfigError(f"bad TransV spec {part!r} in {spec!r}: expected kind_layer_p with kind in "
+                              f"{sorted(KINDS)}, e.g. uni_7_0.5-attn_39_0.9") from None
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"TransV drop share p must be in [0, 1], got {p} in {part!r}")
+        specs.append(TransVSpec(kind, layer, p))
+    layers = [s.layer for s in specs]
+    if len(set(layers)) != len(layers):
+        raise ConfigError(f"TransV spec {spec!r} names a layer twice")
+    if cfg is not None:
+        for s in specs:
+            if not 0 <= s.layer < cfg.num_layers:
+                raise ConfigError(f"TransV layer {s.layer} is outside the LLM's {cfg.num_layers} layers")
+            if s.strategy == "attention" and cfg.pattern[s.layer] != "*":
+                raise ConfigError(f"attention-guided TransV needs an attention layer, but layer {s.layer} is "
+                                  f"{cfg.mixers[s.layer]!r} (attention layers: {cfg.attention_layers})")
+    return sorted(specs, key=lambda s: s.layer)
+
+
+# --- which tokens to drop -----------------------------------------------------------------------------
+def uniform_drop(start: int, count: int, p: float, device=None) -> Tensor:
+    """Bool [count]: drop vision token j (global index start + i) iff floor((j+1)p) > floor(jp).
+
+    Evenly spaced, exactly floor(n p) of the first n tokens, and a function of the global index only,
+    so dropping chunk by chunk drops the same tokens as dropping the whole sequence at once.
+    """
+    j = torch.arange(start, start + count, device=device, dtype=torch.float64)
+    return torch.floor((j + 1) * p) > torch.floor(j * p)
+
+
+def attention_drop(scores: Tensor, p: float) -> Tensor:
+    """Bool [n]: drop the floor(n p) tokens with the lowest scores (ties: the later token goes)."""
+    n = scores.shape[0]
+    k = math.floor(n * p)
+    drop = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if k:
+        order = torch.sort(scores.float(), stable=True).indices  # ascending
+        drop[order[:k]] = True
+    return drop
+
+
+def attention_logits(attn: Attention, norm: RMSNorm, query_h: Tensor, query_pos: Tensor | None,
+                     keys_h: Tensor, key_pos: Tensor | None) -> Tensor:
+    """Logits [H, n] of one query token over n keys under an attention layer's own projections.
+
+    query_h [1, 1, C] and keys_h [1, n, C] are hidden states entering the layer (normed here).
+    """
+    q, _, _ = attn.qkv(norm(query_h), query_pos)  # [1, H, 1, D]
+    _, k, _ = attn.qkv(norm(keys_h), key_pos)  # [1, Hkv, n, D]
+    k = k.repeat_interleave(attn.num_heads // attn.num_kv_heads, dim=1)
+    return (q @ k.transpose(-1, -2))[0, :, 0].float() / math.sqrt(attn.head_dim)
+
+
+def attention_scores(logits: Tensor) -> Tensor:
+    """Mean over heads of the softmax over the vision keys: [H, n] -> [n]."""
+    return logits.softmax(-1).mean(0)
+
+
+# --- transfer -----------------------------------------------------------------------------------------
+class TransV(nn.Module):
+    """Gated GQA cross-attention from instruction tokens to dropped vision tokens, sized like the LLM's."""
+
+    def __init__(self, cfg: LMConfig, spec: TransVSpec):
+        super().__init__()
+        self.spec = spec
+        if not spec.transfers:
+            return
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.norm_q = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.norm_kv = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
+        self.alpha = nn.Parameter(torch.zeros(()))
+
+    def memory(self, dropped: Tensor) -> tuple[Tensor, Tensor]:
+        """dropped [n, C] -> keys and values [Hkv, n, D] (what must be kept until the instruction arrives)."""
+        h = self.norm_kv(dropped)
+        k = self.k_proj(h).view(-1, self.num_kv_heads, self.head_dim).transpose(0, 1)
+        v = self.v_proj(h).view(-1, self.num_kv_heads, self.head_dim).transpose(0, 1)
+        return k, v
+
+    def delta(self, x1: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """x1 [m, C] instruction tokens; k, v [Hkv, n, D] -> tanh(alpha) * CrossAttn(x1, dropped) [m, C]."""
+        q = self.q_proj(self.norm_q(x1)).view(-1, self.num_heads, self.head_dim).transpose(0, 1)  # [H, m, D]
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None], enable_gqa=True)[0]  # [H, m, D]
+        return torch.tanh(self.alpha).to(x1.dtype) * self.o_proj(out.transpose(0, 1).reshape(x1.shape[0], -1))
+
+
+@dataclass(frozen=True)
+class Span:
+    """One sample of a packed sequence, as token indices: [start, vision_start) system,
+    [vision_start, vision_end) vision, [vision_end, instruction_end) instruction, then the response."""
+
+    start: int
+    vision_start: int
+    vision_end: int
+    instruction_end: int
+    end: int
+
+    def shifted(self, before: int, dropped: int) -> "Span":
+        return Span(self.start - before, self.vision_start - before, self.vision_end - before - dropped,
+                    self.instruction_end - before - dropped, self.end - before - dropped)
+
+
+def cu_seqlens_of(spans: list[Span], device=None) -> Tensor:
+    return torch.tensor([0] + [s.end for s in spans], dtype=torch.int32, device=device)
+
+
+def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor | None,
+                 spans: list[Span]) -> tuple[Tensor, Tensor | None, list[Span], Tensor]:
+    """TransV on a whole packed sequence h [1, T, C] entering `block` (the layer TransV sits at).
+
+    Each sample drops its own vision tokens and transfers them into its own instruction. Returns the
+    shortened h and positions, the new spans and the bool mask [T] of kept tokens.
+    """
+    spec = module.spec
+    keep = torch.ones(h.shape[1], dtype=torch.bool, device=h.device)
+    rows, deltas, new_spans, removed = [], [], [], 0
+    for sp in spans:
+        vision = h[0, sp.vision_start:sp.vision_end]  # [n, C]
+        if spec.strategy == "uniform":
+            drop = uniform_drop(0, vision.shape[0], spec.p, h.device)
+        else:
+            q = slice(sp.instruction_end - 1, sp.instruction_end)
+            vis = slice(sp.vision_start, sp.vision_end)
+            logits = attention_logits(block.mixer, block.norm, h[:, q], None if positions is None else positions[:, q],
+                                      vision[None], None if positions is None else positions[:, vis])
+            drop = attention_drop(attention_scores(logits), spec.p)
+        if spec.transfers and drop.any():
+            k, v = module.memory(vision[drop])
+            deltas.append(module.delta(h[0, sp.vision_end:sp.instruction_end], k, v))
+            rows.append(torch.arange(sp.vision_end, sp.instruction_end, device=h.device))
+        keep[sp.vision_start:sp.vision_end] = ~drop
+        dropped = int(drop.sum())
+        new_spans.append(sp.shifted(removed, dropped))
+        removed += dropped
+    if deltas:
+        h = h.index_add(1, torch.cat(rows), torch.cat(deltas)[None])
+    return h[:, keep], None if positions is None else positions[:, keep], new_spans, keep
+
+
+def run_packed(llm, transv: dict[int, TransV], h: Tensor, positions: Tensor | None,
+               spans: list[Span]) -> tuple[Tensor, Tensor]:
+    """The whole (packed) sequence h [1, T, C] through every layer of `llm`, TransV included.
+
+    Returns the last hidden states [1, T', C] (before the final norm) and the index [T'] of the
+    surviving tokens into the input (to gather labels).
+    """
+    index = torch.arange(h.shape[1], device=h.device)
+
+    def cu():
+        return cu_seqlens_of(spans, h.device) if len(spans) > 1 else None
+
+    layer = 0
+    for at in sorted(transv):
+        h = llm.run_layers(h, layer, at, positions, cu())
+        h, positions, spans, keep = apply_packed(transv[at], llm.layers[at], h, positions, spans)
+        index, layer = index[keep], at
+    return llm.run_layers(h, layer, len(llm.layers), positions, cu()), index
