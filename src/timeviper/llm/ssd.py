@@ -20,6 +20,19 @@ except ImportError:
     chunk_simple_gla = None
 
 
+def fla_backward_supported() -> bool:
+    """fla refuses the backward of gated chunked kernels on Hopper with Triton in [3.4, 3.7.1) (wrong results
+    there) unless tilelang provides another backend; then gradients go through the PyTorch path."""
+    if chunk_simple_gla is None:
+        return False
+    import importlib.util
+
+    from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
+
+    broken = IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1
+    return not broken or importlib.util.find_spec("tilelang") is not None
+
+
 def map_sequences(fn, cu_seqlens: Tensor, seqs: tuple[Tensor, ...], initial_state: Tensor | None):
     """Run `fn(*seq_slices, state)` on each packed sequence of a batch-1 input.
 
@@ -113,7 +126,9 @@ def ssd_scan(x, dt, A, B, C, initial_state=None, cu_seqlens=None, chunk_size=128
     """
     if cu_seqlens is not None and x.shape[0] != 1:
         raise ValueError(f"cu_seqlens needs a batch of 1, got {x.shape[0]}")
-    if x.is_cuda and chunk_simple_gla is not None:
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, dt, A, B, C, initial_state))
+    if x.is_cuda and chunk_simple_gla is not None and (not needs_grad or fla_backward_supported()):
         return _ssd_fla(x, dt, A, B, C, initial_state, cu_seqlens)
     return ssd_chunked(x, dt, A, B, C, initial_state, cu_seqlens, chunk_size)
 

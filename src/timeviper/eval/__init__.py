@@ -1,0 +1,19 @@
+"""Evaluation: task metrics and answer parsers."""
+
+from timeviper.eval.metrics import (
+    caption_event_f1,
+    caption_scene_f1,
+    load_records,
+    mcq_accuracy,
+    parse_option_letter,
+    parse_time_span,
+    score,
+    temporal_iou,
+    tvg_miou,
+    tvg_recall,
+)
+
+__all__ = [
+    "caption_event_f1", "caption_scene_f1", "load_records", "mcq_accuracy", "parse_option_letter",
+    "parse_time_span", "score", "temporal_iou", "tvg_miou", "tvg_recall",
+]
