@@ -1,0 +1,257 @@
+"""TimeViper: SigLIP encoder -> ToMe projector -> hybrid LLM with TransV, in one checkpoint directory.
+
+A directory holds config.json (`model_type: timeviper`, the LLM's HF config under `llm`, the SigLIP
+vision config under `vision`), model.safetensors (parameters named as in this module) and the
+tokenizer.json of the text tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from timeviper import engine
+from timeviper.errors import CheckpointError, ConfigError
+from timeviper.llm import HybridLM
+from timeviper.llm.config import LMConfig
+from timeviper.llm.hf_io import config_from_hf, config_to_hf, load_weights, write_json, write_safetensors
+from timeviper.prompts import SYSTEM_PROMPT, TextTokenizer, encode_prompt
+from timeviper.transv import Span, TransV, parse_transv, run_packed
+from timeviper.vision.preprocess import preprocess_frames
+from timeviper.vision.projector import Projector
+
+EMBEDDED = Path(__file__).parent / "assets" / "embedded"
+
+
+@dataclass
+class TimeViperConfig:
+    llm: LMConfig
+    vision: dict  # transformers' SiglipVisionConfig fields
+    tokens_per_frame: int = 16
+    transv: str = "uni_7_0.5-attn_39_0.9"
+    chat_template: str = "chatml"
+    system_prompt: str = SYSTEM_PROMPT
+    feature_layer: int = -1
+    extra: dict = field(default_factory=dict)  # free-form (e.g. the training recipe), kept on save
+
+    def __post_init__(self):
+        parse_transv(self.transv, self.llm)  # fail early, naming the bad part
+
+    def to_dict(self) -> dict:
+        return {"model_type": "timeviper", "llm": config_to_hf(self.llm, torch.float32), "vision": self.vision,
+                "tokens_per_frame": self.tokens_per_frame, "transv": self.transv,
+                "chat_template": self.chat_template, "system_prompt": self.system_prompt,
+                "feature_layer": self.feature_layer, "extra": self.extra}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "TimeViperConfig":
+        if raw.get("model_type") != "timeviper":
+            raise CheckpointError(f"config.json has model_type {raw.get('model_type')!r}, expected 'timeviper' "
+                                  "(to start from a SigLIP and an LLM directory, use TimeViper.from_parts)")
+        keys = ("tokens_per_frame", "transv", "chat_template", "system_prompt", "feature_layer", "extra")
+        try:
+            return cls(llm=config_from_hf(raw["llm"]), vision=raw["vision"], **{k: raw[k] for k in keys if k in raw})
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"timeviper config.json is incomplete: {e}") from None
+
+
+class TimeViper(nn.Module):
+    def __init__(self, config: TimeViperConfig, tokenizer: TextTokenizer | None = None):
+        super().__init__()
+        from transformers import SiglipVisionConfig
+
+        from timeviper.vision.siglip import VisionEncoder
+
+        self.config, self.tokenizer = config, tokenizer
+        self.vision = VisionEncoder(SiglipVisionConfig(**config.vision), config.feature_layer)
+        self.projector = Projector(self.vision.config.hidden_size, config.llm.hidden_size, config.tokens_per_frame)
+        self.llm = HybridLM(config.llm)
+        self.transv = nn.ModuleDict({str(s.layer): TransV(config.llm, s) for s in parse_transv(config.transv)})
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.embed_tokens.weight.dtype
+
+    @property
+    def transv_layers(self) -> dict[int, TransV]:
+        return {int(k): m for k, m in self.transv.items()}
+
+    def set_transv(self, spec: str) -> None:
+        """Switch TransV at inference (e.g. 'none' or 'uni_7_0.5'); trained modules keep their weights."""
+        specs = parse_transv(spec, self.config.llm)
+        for s in specs:
+            key = str(s.layer)
+            if key not in self.transv or self.transv[key].spec.kind != s.kind:
+                self.transv[key] = TransV(self.config.llm, s).to(self.device, self.dtype)
+            else:
+                self.transv[key].spec = s
+        for key in [k for k in self.transv if int(k) not in {s.layer for s in specs}]:
+            del self.transv[key]
+        self.config.transv = spec
+
+    # --- vision ----------------------------------------------------------------------------------------
+    def embed_frames(self, frames: Tensor, chunk_size: int = 64) -> Tensor:
+        """uint8 frames [F, H, W, 3] -> vision tokens [F * tokens_per_frame, C]."""
+        size = self.vision.config.image_size
+        tokens = []
+        for chunk in frames.split(chunk_size):
+            pixels = preprocess_frames(chunk, size=size, dtype=self.dtype, device=self.device)
+            tokens.append(self.projector(self.vision.encode(pixels, chunk_size)).flatten(0, 1))
+        return torch.cat(tokens)
+
+    def _vision_stream(self, chunks: Iterable[Tensor], on_frames: Callable[[int], None] | None) -> Iterator[Tensor]:
+        for frames in chunks:
+            yield self.embed_frames(frames)[None]
+            if on_frames is not None:
+                on_frames(frames.shape[0])
+
+    # --- training ----------------------------------------------------------------------------------------
+    def forward_train(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """A packed micro-batch (see timeviper.data.packing) -> (summed token loss, number of loss tokens)."""
+        ids = batch["input_ids"].to(self.device)
+        h = self.llm.embed_tokens(ids)  # [1, T, C]
+        rows, vision = [], []
+        for (start, end), frames in zip(batch["vision_spans"].tolist(), batch["frames"]):
+            if frames is not None and end > start:
+                vision.append(self.embed_frames(frames))
+                rows.append(torch.arange(start, end, device=self.device))
+        if vision:
+            h = h.index_put((torch.zeros_like(torch.cat(rows)), torch.cat(rows)), torch.cat(vision).to(h.dtype))
+        positions = batch["position_ids"].to(self.device) if self.config.llm.rope_theta is not None else None
+        out, index = run_packed(self.llm, self.transv_layers, h, positions, spans_of(batch))
+        labels = batch["labels"].to(self.device)[0, index]
+        learn = labels != -100
+        _, logits = self.llm.head(out[:, learn])
+        loss = F.cross_entropy(logits[0], labels[learn], reduction="sum")
+        return loss, learn.sum()
+
+    # --- inference ---------------------------------------------------------------------------------------
+    def _require_tokenizer(self) -> TextTokenizer:
+        if self.tokenizer is None:
+            raise ConfigError("this model has no tokenizer: load one with TimeViper.from_pretrained or from_parts")
+        return self.tokenizer
+
+    @torch.inference_mode()
+    def prefill(self, frame_chunks: Iterable[Tensor], instruction: str, progress=None):
+        """Prefill one request: returns (cache, logits of the next token [1, V])."""
+        tok = self._require_tokenizer()
+        enc = encode_prompt(tok, instruction, self.config.system_prompt)
+        ids = torch.tensor(enc.ids, device=self.device)[None]
+        embed = self.llm.embed_tokens(ids)
+        cache = self.llm.new_cache(1)
+        logits = engine.prefill(self.llm, self.transv_layers, embed[:, :enc.vision_at],
+                                self._vision_stream(frame_chunks, progress), embed[:, enc.vision_at:], cache)
+        return cache, logits
+
+    @torch.inference_mode()
+    def generate(self, requests: list[tuple[Iterable[Tensor], str]], max_new_tokens: int = 256,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, progress=None) -> list[str]:
+        """Answer a batch of (frame chunks, instruction) requests; videos may differ in length.
+
+        Each request is prefilled on its own (long videos stream chunk by chunk), then all are decoded
+        together from one padded cache.
+        """
+        tok = self._require_tokenizer()
+        caches, firsts = [], []
+        for frames, instruction in requests:
+            cache, logits = self.prefill(frames, instruction, progress)
+            caches.append(cache)
+            firsts.append(logits)
+        cache = caches[0] if len(caches) == 1 else type(caches[0]).stack(caches, extra=max_new_tokens)
+        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        stop = {tok.stop_id} if tok.stop_id is not None else set()
+        outs = engine.decode(self.llm, cache, torch.cat(firsts), max_new_tokens, stop, temperature, top_p, generator)
+        return [tok.decode(o).strip() for o in outs]
+
+    def chat(self, video, prompt: str, fps: float = 1.0, max_frames: int | None = None, sampling: str = "uniform",
+             chunk_frames: int = 256, progress=None, **generation) -> str:
+        """Answer `prompt` about `video`: a path (decoded at `fps`, streamed) or uint8 frames [T, H, W, 3]."""
+        return self.generate([(frame_chunks(video, fps, max_frames, sampling, chunk_frames), prompt)],
+                             progress=progress, **generation)[0]
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path, max_shard_bytes: int = 5 * 2**30) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        write_safetensors(self.state_dict(), path, max_shard_bytes)
+        if self.tokenizer is not None:
+            self.tokenizer.save(path)
+        write_json(path / "config.json", self.config.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, dtype: torch.dtype | None = None,
+                        device=None) -> "TimeViper":
+        """Load a TimeViper directory; with no path, the embedded model shipped in the package."""
+        from timeviper.llm.hf_io import weight_files
+
+        path = Path(path) if path is not None else EMBEDDED
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            where = "the embedded model is not installed" if path == EMBEDDED else f"{str(path)!r} has no config.json"
+            raise CheckpointError(f"cannot load TimeViper: {where}")
+        try:
+            config = TimeViperConfig.from_dict(json.loads(config_file.read_text()))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{config_file} is not valid JSON: {e}") from None
+        tokenizer = TextTokenizer.from_dir(path, config.chat_template)
+        with torch.device("meta"):
+            model = cls(config, tokenizer).to(dtype or torch.float32)
+        model.to_empty(device=device or "cpu")
+        load_weights(model, weight_files(path), lambda k: k, device)
+        embeddings = model.vision.model.embeddings  # its position_ids buffer is not saved in checkpoints
+        embeddings.position_ids = torch.arange(embeddings.num_positions, device=device or "cpu")[None]
+        return model.eval()
+
+    @classmethod
+    def from_parts(cls, vision_dir: str | Path, llm_dir: str | Path, transv: str = "uni_7_0.5-attn_39_0.9",
+                   tokens_per_frame: int = 16, chat_template: str = "chatml", dtype: torch.dtype | None = None,
+                   device=None, feature_layer: int = -1) -> "TimeViper":
+        """A fresh TimeViper (new projector and TransV) from a SigLIP directory and an LLM directory."""
+        from timeviper.vision.siglip import VisionEncoder
+
+        vision = VisionEncoder.from_pretrained(vision_dir, dtype=dtype, device=device, feature_layer=feature_layer)
+        llm = HybridLM.from_pretrained(llm_dir, dtype=dtype, device=device)
+        tokenizer = TextTokenizer.from_dir(llm_dir, chat_template)
+        config = TimeViperConfig(llm.config, vision.config.to_dict(), tokens_per_frame, transv, chat_template,
+                                 feature_layer=feature_layer)
+        with torch.device("meta"):
+            model = cls(config, tokenizer)
+        model.vision, model.llm = vision, llm
+        model.projector = Projector(vision.config.hidden_size, llm.config.hidden_size, tokens_per_frame)
+        model.transv = nn.ModuleDict({str(s.layer): TransV(llm.config, s) for s in parse_transv(transv)})
+        return model.to(device=llm.embed_tokens.weight.device, dtype=llm.embed_tokens.weight.dtype)
+
+
+def spans_of(batch: dict) -> list[Span]:
+    """The Span of every segment of a packed batch (padding: a segment with no vision or instruction)."""
+    bounds = batch["cu_seqlens"].tolist()
+    spans = []
+    for i, (start, end) in enumerate(zip(bounds, bounds[1:])):
+        if i < len(batch["vision_spans"]):
+            v0, v1 = batch["vision_spans"][i].tolist()
+            spans.append(Span(start, v0, v1, int(batch["instruction_ends"][i]), end))
+        else:
+            spans.append(Span(start, start, start, start, end))
+    return spans
+
+
+def frame_chunks(video, fps: float = 1.0, max_frames: int | None = None, sampling: str = "uniform",
+                 chunk_frames: int = 256) -> Iterator[Tensor]:
+    """uint8 frame chunks [n, H, W, 3] of a video path (decoded lazily) or of a frames tensor."""
+    if isinstance(video, Tensor):
+        if video.dtype != torch.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+            raise ConfigError(f"frames must be a uint8 tensor [T, H, W, 3], got {video.dtype} {tuple(video.shape)}")
+        return iter(video.split(chunk_frames))
+    from timeviper.video import iter_video
+
+    return (chunk.frames for chunk in iter_video(video, fps, chunk_frames, max_frames, sampling))

@@ -1,0 +1,129 @@
+"""TimeViper assembly: save/load, from_parts, chat on paths and tensors, the training forward."""
+
+import json
+
+import pytest
+import torch
+from transformers import SiglipVisionConfig
+
+from timeviper.errors import CheckpointError, ConfigError
+from timeviper.llm import HybridLM, LMConfig
+from timeviper.model import TimeViper, TimeViperConfig
+from timeviper.prompts import TextTokenizer, encode_conversation
+from timeviper.synth.tokenizer import train_tokenizer
+from timeviper.vision.siglip import VisionEncoder
+
+LLM = LMConfig(vocab_size=1024, hidden_size=32, pattern="M-M*-M-*-", num_heads=4, num_kv_heads=2, head_dim=8,
+               intermediate_size=48, mamba_num_heads=4, mamba_head_dim=8, mamba_groups=2, ssm_state_size=8,
+               chunk_size=8)
+VISION = SiglipVisionConfig(image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=48).to_dict()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return TextTokenizer(train_tokenizer(vocab_size=1024), "timeviper")
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    m = TimeViper(TimeViperConfig(LLM, VISION, tokens_per_frame=4, transv="uni_2_0.5-attn_3_0.5",
+                                  chat_template="timeviper"), tokenizer).eval()
+    with torch.no_grad():
+        for t in m.transv.values():
+            t.alpha.fill_(0.5)
+    return m
+
+
+def frames(n, seed=0):
+    return torch.randint(0, 256, (n, 40, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_chat_on_frames_is_deterministic(model):
+    a = model.chat(frames(6), "What is shown?", max_new_tokens=5)
+    b = model.chat(frames(6), "What is shown?", max_new_tokens=5, chunk_frames=4)
+    assert isinstance(a, str) and a == b
+
+
+def test_save_and_load_roundtrip(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    back = TimeViper.from_pretrained(tmp_path)
+    assert back.config.transv == "uni_2_0.5-attn_3_0.5"
+    for (name, p), (_, q) in zip(model.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(p, q), name
+    assert back.chat(frames(5), "Describe.", max_new_tokens=4) == model.chat(frames(5), "Describe.", max_new_tokens=4)
+
+
+def test_chat_on_a_video_file(model, tmp_path):
+    from timeviper.synth.render import write_mp4
+    from timeviper.synth.world import make_video
+
+    path = write_mp4(make_video(7, 12), tmp_path / "v.mp4", size=32)
+    assert isinstance(model.chat(str(path), "What happens?", max_new_tokens=3, max_frames=8), str)
+
+
+def test_batched_generation_of_different_lengths(model):
+    reqs = [(iter([frames(3)]), "one"), (iter([frames(9, 1)]), "two")]
+    batched = model.generate(reqs, max_new_tokens=4)
+    alone = [model.generate([(iter([frames(3)]), "one")], max_new_tokens=4)[0],
+             model.generate([(iter([frames(9, 1)]), "two")], max_new_tokens=4)[0]]
+    assert batched == alone
+
+
+def test_forward_train_packs_two_samples(model, tokenizer):
+    model.train()
+    samples = []
+    for n, answer in ((3, "A red circle."), (2, "Scene 1: a blue square.")):
+        enc = encode_conversation(tokenizer, [{"from": "human", "value": "<video>\nWhat?"},
+                                              {"from": "gpt", "value": answer}])
+        samples.append((enc, n))
+    ids, labels, spans, ends, bounds, vids = [], [], [], [], [0], []
+    for enc, n in samples:
+        k = n * 4
+        off = bounds[-1]
+        seq = enc.ids[:enc.vision_at] + [0] * k + enc.ids[enc.vision_at:]
+        lab = enc.labels[:enc.vision_at] + [-100] * k + enc.labels[enc.vision_at:]
+        ids += seq
+        labels += lab[1:] + [-100]
+        spans.append((off + enc.vision_at, off + enc.vision_at + k))
+        ends.append(off + enc.instruction_end + k)
+        bounds.append(off + len(seq))
+        vids.append(frames(n))
+    batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+             "position_ids": torch.zeros(1, len(ids), dtype=torch.long), "cu_seqlens": torch.tensor(bounds),
+             "vision_spans": torch.tensor(spans), "instruction_ends": torch.tensor(ends), "frames": vids}
+    loss, count = model.forward_train(batch)
+    assert count == sum(1 for x in labels if x != -100) and torch.isfinite(loss)
+    loss.backward()
+    assert model.projector.mlp[0].weight.grad.abs().sum() > 0
+    assert model.transv["2"].q_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.vision.parameters())
+    model.zero_grad()
+    model.eval()
+
+
+def test_from_parts(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    VisionEncoder(SiglipVisionConfig(**VISION)).save_pretrained(tmp_path / "siglip")
+    HybridLM(LLM).save_pretrained(tmp_path / "llm")
+    tokenizer.save(tmp_path / "llm")
+    model = TimeViper.from_parts(tmp_path / "siglip", tmp_path / "llm", transv="uni_2_0.5", tokens_per_frame=4,
+                                 chat_template="timeviper")
+    assert model.transv["2"].alpha.item() == 0.0
+    assert isinstance(model.chat(frames(3), "Hi", max_new_tokens=2), str)
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        TimeViper.from_pretrained(tmp_path)
+    HybridLM(LLM).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="expected 'timeviper'"):
+        TimeViper.from_pretrained(tmp_path)
+
+
+def test_bad_frames_and_specs(model):
+    with pytest.raises(ConfigError, match="uint8"):
+        model.chat(torch.zeros(3, 8, 8, 3), "x")
+    with pytest.raises(ConfigError, match="needs an attention layer"):
+        TimeViperConfig(LLM, VISION, transv="attn_2_0.5")
