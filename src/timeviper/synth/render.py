@@ -12,7 +12,6 @@ from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 
-import av
 import numpy as np
 
 from timeviper.errors import ConfigError
@@ -128,6 +127,8 @@ def write_mp4(spec: VideoSpec, path, size: int | None = None) -> Path:
         raise ConfigError(f"an MP4 (yuv420p) needs an even frame size, got {size}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    import av  # only writing files needs PyAV
+
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     options = {"crf": "18", "preset": "ultrafast"} if codec == "libx264" else {}
     time_base = Fraction(1, FPS)

@@ -1,0 +1,90 @@
+"""Training data: conversation records, a resumable dataset mixture, and packed micro-batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from timeviper.data.mixture import Mixture
+from timeviper.data.packing import PackedStream, collate
+from timeviper.data.records import (
+    IGNORE_INDEX,
+    SKIP_REASONS,
+    VISION_SLOT_ID,
+    ConversationDataset,
+    RecordFile,
+    Sample,
+    Skipped,
+    SkipStats,
+    Tokenize,
+    Tokenized,
+)
+
+if TYPE_CHECKING:
+    from timeviper.train.config import Config
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SKIP_REASONS",
+    "VISION_SLOT_ID",
+    "ConversationDataset",
+    "Mixture",
+    "PackedStream",
+    "RecordFile",
+    "Sample",
+    "SkipStats",
+    "Skipped",
+    "Tokenize",
+    "Tokenized",
+    "build_train_data",
+    "collate",
+]
+
+
+def build_train_data(
+    config: Config,
+    *,
+    tokenize: Tokenize,
+    tokens_per_frame: int,
+    rank: int = 0,
+    world_size: int = 1,
+    load_video: Callable | None = None,
+) -> PackedStream:
+    """The packed micro-batch stream of ``rank`` for a training config.
+
+    ``tokenize`` and ``tokens_per_frame`` come from the model (chat template, vision tokens per
+    frame after merging), e.g. ``functools.partial(timeviper.prompts.encode_conversation, tokenizer)``;
+    ``load_video`` defaults to :func:`timeviper.video.load_video`.
+    """
+    data = config.data
+    datasets = [
+        ConversationDataset(
+            spec.name,
+            spec.path,
+            spec.root,
+            tokenize=tokenize,
+            tokens_per_frame=tokens_per_frame,
+            max_tokens=config.train.micro_batch_tokens,
+            max_frames=data.max_frames,
+            fps=data.fps,
+            load_video=load_video,
+        )
+        for spec in data.datasets
+    ]
+    mixture = Mixture(
+        [len(d) for d in datasets],
+        [spec.weight for spec in data.datasets],
+        seed=config.train.seed,
+        rank=rank,
+        world_size=world_size,
+    )
+    return PackedStream(
+        datasets,
+        mixture,
+        budget=config.train.micro_batch_tokens,
+        lookahead=data.lookahead,
+        pad_to_multiple_of=data.pad_to_multiple_of,
+        num_workers=data.num_workers,
+        max_skip_fraction=data.max_skip_fraction,
+        min_samples=data.skip_check_min_samples,
+    )

@@ -1,0 +1,282 @@
+"""Training configuration: a tree of dataclasses read from YAML and checked on the way in.
+
+Every problem raises :class:`~timeviper.errors.ConfigError` naming the file and the dotted key
+(``configs/stage2.yaml: optim.lr: must be > 0``): unknown keys, wrong types, bad values, missing
+required keys and paths that do not exist. Relative paths are taken from the working directory.
+PyYAML reads ``1e-5`` (no dot) as a string; number fields accept such strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from timeviper.errors import ConfigError
+
+PARTS = ("projector", "llm", "transv")
+STAGE_TRAINABLE = {1: ["projector"], 2: ["projector", "llm", "transv"]}
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _require_path(path: str | None, key: str, kind: str) -> None:
+    if path is not None:
+        _require(Path(path).exists(), key, f"{kind} {path} does not exist")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train; exactly one of ``llm`` (with ``vision``), ``pretrained`` or ``tiny``."""
+
+    llm: str | None = None  # HF directory of the language model (nemotron_h, qwen2 or qwen3)
+    vision: str | None = None  # HF directory of the SigLIP vision encoder
+    pretrained: str | None = None  # a TimeViper directory, or "embedded"
+    tiny: dict | None = None  # the config of a small random model, for smoke runs
+    init_checkpoint: str | None = None  # a checkpoint-STEP directory whose weights are loaded first
+    transv: str | None = None  # TransV spec such as "uni_7_0.5-attn_39_0.9"; null: no compression
+
+    def __post_init__(self):
+        sources = [name for name in ("llm", "pretrained", "tiny") if getattr(self, name) is not None]
+        _require(
+            len(sources) == 1,
+            "llm",
+            "set exactly one of model.llm (with model.vision: HF directories), model.pretrained "
+            f"(a TimeViper directory or 'embedded') or model.tiny; got {sources or 'none'}",
+        )
+        _require((self.llm is None) == (self.vision is None), "vision", "model.llm and model.vision go together")
+        _require_path(self.llm, "llm", "directory")
+        _require_path(self.vision, "vision", "directory")
+        if self.pretrained != "embedded":
+            _require_path(self.pretrained, "pretrained", "directory")
+        _require_path(self.init_checkpoint, "init_checkpoint", "checkpoint")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int  # optimizer steps; sets the schedule
+    global_batch_tokens: int  # token budget of one optimizer step over all ranks
+    micro_batch_tokens: int  # token budget of one packed micro-batch on one rank
+    stage: int = 2
+    trainable: list[str] | None = None  # subset of PARTS; default: by stage
+    bf16: bool = True
+    activation_checkpointing: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.stage in STAGE_TRAINABLE, "stage", f"must be 1 or 2, got {self.stage}")
+        if self.trainable is None:
+            self.trainable = list(STAGE_TRAINABLE[self.stage])
+        _require(
+            bool(self.trainable)
+            and set(self.trainable) <= set(PARTS)
+            and len(set(self.trainable)) == len(self.trainable),
+            "trainable",
+            f"must be distinct names among {list(PARTS)}, got {self.trainable}",
+        )
+        for key in ("max_steps", "global_batch_tokens", "micro_batch_tokens"):
+            _require(getattr(self, key) >= 1, key, "must be >= 1")
+        _require(self.seed >= 0, "seed", "must be >= 0")
+        _require(
+            self.global_batch_tokens % self.micro_batch_tokens == 0,
+            "global_batch_tokens",
+            f"{self.global_batch_tokens} is not a multiple of train.micro_batch_tokens {self.micro_batch_tokens}",
+        )
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    transv_lr: float = 5e-5  # TransV modules (parameters named *.transv.*)
+    weight_decay: float = 0.01  # not applied to biases, norms and scalar gates
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm
+    scheduler: str = "cosine"  # "cosine" or "constant", after linear warmup
+    warmup_ratio: float = 0.03  # share of max_steps
+    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+
+    def __post_init__(self):
+        for key in ("lr", "transv_lr", "eps", "grad_clip"):
+            _require(getattr(self, key) > 0, key, "must be > 0")
+        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _require(all(0 <= b < 1 for b in self.betas), "betas", "must lie in [0, 1)")
+        _require(
+            self.scheduler in ("cosine", "constant"), "scheduler", f"must be cosine or constant, got {self.scheduler!r}"
+        )
+        _require(0 <= self.warmup_ratio < 1, "warmup_ratio", "must lie in [0, 1)")
+        _require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must lie in [0, 1]")
+
+
+@dataclass
+class DatasetConfig:
+    path: str  # a .json list or .jsonl file of records
+    root: str  # directory the records' video/image paths are relative to
+    weight: float = 1.0  # share ∝ weight × number of records
+    name: str | None = None  # default: the file's stem
+
+    def __post_init__(self):
+        _require_path(self.path, "path", "record file")
+        _require(Path(self.root).is_dir(), "root", f"directory {self.root} does not exist")
+        _require(self.weight > 0, "weight", "must be > 0")
+        if self.name is None:
+            self.name = Path(self.path).stem
+
+
+@dataclass
+class DataConfig:
+    datasets: list[DatasetConfig]
+    max_frames: int = 256  # longer videos are sampled uniformly down to this
+    fps: float = 1.0
+    max_skip_fraction: float = 0.05  # stop when a dataset skips more than this share ...
+    skip_check_min_samples: int = 1000  # ... once it has given this many samples (per rank)
+    lookahead: int = 8  # samples buffered for first-fit packing
+    pad_to_multiple_of: int = 1  # pad each packed row to a multiple of this many tokens
+    num_workers: int = 4  # loader processes per rank
+
+    def __post_init__(self):
+        _require(bool(self.datasets), "datasets", "needs at least one dataset")
+        names = [d.name for d in self.datasets]
+        _require(len(set(names)) == len(names), "datasets", f"names must be distinct, got {names}")
+        for key in ("max_frames", "lookahead", "pad_to_multiple_of", "skip_check_min_samples"):
+            _require(getattr(self, key) >= 1, key, "must be >= 1")
+        _require(self.fps > 0, "fps", "must be > 0")
+        _require(0 <= self.max_skip_fraction < 1, "max_skip_fraction", "must lie in [0, 1)")
+        _require(self.num_workers >= 0, "num_workers", "must be >= 0")
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 10  # steps between metrics.jsonl records
+    tensorboard: bool = False  # also write TensorBoard events to OUTPUT/tensorboard
+
+    def __post_init__(self):
+        _require(self.every >= 1, "every", "must be >= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000  # steps between checkpoints (one is also written when the run stops)
+    keep_last: int = 2  # complete checkpoints kept; older ones are deleted
+
+    def __post_init__(self):
+        _require(self.every >= 1, "every", "must be >= 1")
+        _require(self.keep_last >= 1, "keep_last", "must be >= 1")
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    train: TrainConfig
+    data: DataConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self):
+        _require(
+            self.train.stage == 2 or self.model.transv is None,
+            "model.transv",
+            "stage 1 trains without token compression; set it to null",
+        )
+        _require(
+            self.train.micro_batch_tokens % self.data.pad_to_multiple_of == 0,
+            "data.pad_to_multiple_of",
+            f"must divide train.micro_batch_tokens {self.train.micro_batch_tokens}",
+        )
+
+    def grad_accum(self, world_size: int) -> int:
+        """Micro-batches per rank and step: global_batch_tokens / (micro_batch_tokens * world_size)."""
+        per_step = self.train.micro_batch_tokens * world_size
+        if self.train.global_batch_tokens % per_step:
+            raise ConfigError(
+                f"train.global_batch_tokens {self.train.global_batch_tokens} is not a multiple of "
+                f"train.micro_batch_tokens × world size = {self.train.micro_batch_tokens} × {world_size}"
+            )
+        return self.train.global_batch_tokens // per_step
+
+    def to_dict(self) -> dict:
+        """Plain types only (tuples as lists), as YAML or JSON write them."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a YAML training config."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return config_from_dict(data, source=str(path))
+
+
+def config_from_dict(data: Any, source: str = "<dict>") -> Config:
+    try:
+        return _build(Config, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _build(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = get_type_hints(cls)
+    for key in data:
+        _require(key in fields, f"{prefix}{key}", f"unknown key (known: {', '.join(fields)})")
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        _require(name in data or not required, f"{prefix}{name}", "is required")
+    kwargs = {key: _convert(value, hints[key], f"{prefix}{key}") for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}") from None
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        return _convert(value, tp, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.")
+    if origin is list and isinstance(value, list):
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple and isinstance(value, list) and len(value) == len(args):
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool, dict) and type(value) is tp:
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+_TYPE_NAMES = {float: "number", int: "integer", str: "string", bool: "boolean"}  # anything else: a mapping
+
+
+def _type_name(tp: Any) -> str:
+    args = get_args(tp)
+    if get_origin(tp) is list:
+        return f"a list of {_TYPE_NAMES.get(args[0], 'mapping')}s"
+    if get_origin(tp) is tuple:
+        return f"a list of {len(args)} {_TYPE_NAMES[args[0]]}s"
+    name = _TYPE_NAMES.get(tp, "mapping")
+    return f"an {name}" if name == "integer" else f"a {name}"
