@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 from timeviper.errors import CheckpointError, ConfigError
 
 VIDEO_PLACEHOLDER = "<video>"
+PLACEHOLDERS = (VIDEO_PLACEHOLDER, "<image>")  # LLaVA-OneVision image records say <image>
 SYSTEM_PROMPT = "You are a helpful assistant that watches videos and answers questions about them."
 
 
@@ -92,7 +93,8 @@ def encode_prompt(tok: TextTokenizer, instruction: str, system: str = SYSTEM_PRO
 def encode_conversation(tok: TextTokenizer, turns: list[dict], system: str = SYSTEM_PROMPT) -> Encoded:
     """LLaVA-style turns [{"from": "human"|"gpt", "value": ...}] -> Encoded with labels on "gpt" turns.
 
-    The first human turn carries the video: at its `<video>` placeholder, or at its start if it has none.
+    The first human turn carries the video: at its `<video>` (or `<image>`) placeholder, or at its start
+    if it has none.
     A conversation that ends with a human turn is an inference prompt (it ends opening the assistant turn).
     """
     t = tok.template
@@ -110,14 +112,17 @@ def encode_conversation(tok: TextTokenizer, turns: list[dict], system: str = SYS
         role, value = turn.get("from"), turn.get("value", "")
         if role == "human":
             if i == 0:
-                before, _, after = value.partition(VIDEO_PLACEHOLDER) if VIDEO_PLACEHOLDER in value else ("", "", value)
+                mark = next((m for m in PLACEHOLDERS if m in value), None)
+                before, _, after = value.partition(mark) if mark else ("", "", value)
                 head, _, tail = t.user.partition("{content}")
                 add(system_block + head + before, False)
                 out.vision_at = len(out.ids)
                 add(after.lstrip("\n") + tail + t.assistant, False)
                 out.instruction_end = len(out.ids)
             else:
-                add(t.user.format(content=value.replace(VIDEO_PLACEHOLDER, "")) + t.assistant, False)
+                for mark in PLACEHOLDERS:
+                    value = value.replace(mark, "")
+                add(t.user.format(content=value) + t.assistant, False)
         elif role == "gpt":
             if i == 0 or turns[i - 1].get("from") != "human":
                 raise ConfigError(f"turn {i}: an assistant turn must follow a human turn")

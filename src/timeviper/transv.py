@@ -14,6 +14,7 @@ Spec strings: `kind_layer_p` joined by `-`, e.g. the paper's `uni_7_0.5-attn_39_
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +112,19 @@ def attention_logits(attn: Attention, norm: RMSNorm, query_h: Tensor, query_pos:
     return (q @ k.transpose(-1, -2))[0, :, 0].float() / math.sqrt(attn.head_dim)
 
 
+@contextmanager
+def unsharded(block: nn.Module):
+    """Gather an FSDP2-sharded block's parameters for use outside its forward (no-op otherwise)."""
+    if not hasattr(block, "unshard"):
+        yield
+        return
+    block.unshard()
+    try:
+        yield
+    finally:
+        block.reshard()
+
+
 def attention_scores(logits: Tensor) -> Tensor:
     """Mean over heads of the softmax over the vision keys: [H, n] -> [n]."""
     return logits.softmax(-1).mean(0)
@@ -132,7 +146,7 @@ class TransV(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
-        self.alpha = nn.Parameter(torch.zeros(()))
+        self.alpha = nn.Parameter(torch.zeros(1))  # 1-d: FSDP2 shards no 0-d parameters
 
     def memory(self, dropped: Tensor) -> tuple[Tensor, Tensor]:
         """dropped [n, C] -> keys and values [Hkv, n, D] (what must be kept until the instruction arrives)."""
@@ -185,8 +199,10 @@ def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor 
         else:
             q = slice(sp.instruction_end - 1, sp.instruction_end)
             vis = slice(sp.vision_start, sp.vision_end)
-            logits = attention_logits(block.mixer, block.norm, h[:, q], None if positions is None else positions[:, q],
-                                      vision[None], None if positions is None else positions[:, vis])
+            with torch.no_grad(), unsharded(block):  # selection is not differentiable
+                logits = attention_logits(block.mixer, block.norm, h[:, q],
+                                          None if positions is None else positions[:, q],
+                                          vision[None], None if positions is None else positions[:, vis])
             drop = attention_drop(attention_scores(logits), spec.p)
         if spec.transfers and drop.any():
             k, v = module.memory(vision[drop])

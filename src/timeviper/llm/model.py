@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from timeviper.llm.attention import Attention
 from timeviper.llm.cache import Cache, KVCache
@@ -46,7 +45,6 @@ class HybridLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.gradient_checkpointing = False
 
     # --- building blocks, used directly by TimeViper to act between layers ---------------------
     def new_cache(self, batch: int, capacity: int = 0) -> Cache:
@@ -70,11 +68,7 @@ class HybridLM(nn.Module):
                    cu_seqlens: Tensor | None = None, cache: Cache | None = None) -> Tensor:
         """h [B, T, C] through layers[start:stop]."""
         for i in range(start, stop):
-            block, state = self.layers[i], None if cache is None else cache.layers[i]
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(block, h, positions, cu_seqlens, state, use_reentrant=False)
-            else:
-                h = block(h, positions, cu_seqlens, state)
+            h = self.layers[i](h, positions, cu_seqlens, None if cache is None else cache.layers[i])
         return h
 
     def head(self, h: Tensor, num_logits: int | None = None) -> tuple[Tensor, Tensor]:

@@ -19,7 +19,7 @@ import yaml
 
 from timeviper.errors import ConfigError
 
-PARTS = ("projector", "llm", "transv")
+PARTS = ("projector", "llm", "transv", "vision")  # vision: only small encoders trained from scratch
 STAGE_TRAINABLE = {1: ["projector"], 2: ["projector", "llm", "transv"]}
 
 

@@ -2,7 +2,7 @@
 
 Parameters belong to a *part*: ``transv`` when a module on their path is named ``transv`` (TransV
 modules, wherever they sit), else the first component of their name (``projector``, ``llm``,
-``vision``, ...). Only the parts a stage lists train; the vision encoder never does.
+``vision``, ...). Only the parts a stage lists train (the SigLIP encoder only when listed).
 """
 
 from __future__ import annotations

@@ -1,0 +1,223 @@
+"""The `timeviper` command line: ask, ground, caption, demo, synth, score, train, eval.
+
+Errors print one line on stderr and exit with 1 (usage errors: 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from timeviper.errors import TimeViperError
+
+
+# --- questions about a video -------------------------------------------------------------------------------
+def load_model(args):
+    import torch
+
+    from timeviper.model import TimeViper
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = TimeViper.from_pretrained(args.model, dtype=dtype, device=device)
+    if args.transv is not None:
+        model.set_transv(args.transv)
+    return model
+
+
+def answer(args, instruction: str) -> tuple[str, int, float]:
+    """Run the model on args.video: (text, frames read, seconds)."""
+    from tqdm import tqdm
+
+    from timeviper.model import frame_chunks
+
+    model = load_model(args)
+    start = time.perf_counter()
+    chunks = frame_chunks(args.video, args.fps, args.max_frames, args.sampling, args.chunk_frames)
+    with tqdm(desc="frames", unit="frame", disable=args.quiet, file=sys.stderr, leave=False) as bar:
+        text = model.generate([(chunks, instruction)], max_new_tokens=args.max_new_tokens, progress=bar.update)[0]
+        frames = bar.n
+    return text, frames, time.perf_counter() - start
+
+
+def emit(args, result: dict, text: str) -> None:
+    print(json.dumps(result) if args.json else text)
+
+
+def cmd_ask(args) -> None:
+    from timeviper.eval.metrics import parse_option_letter
+    from timeviper.prompts import mcq_prompt
+
+    instruction = mcq_prompt(args.question, args.options) if args.options else args.question
+    text, frames, seconds = answer(args, instruction)
+    result = {"answer": (parse_option_letter(text) or text) if args.options else text, "raw": text,
+              "frames": frames, "seconds": round(seconds, 3)}
+    emit(args, result, result["answer"])
+
+
+def cmd_ground(args) -> None:
+    from timeviper.eval.metrics import parse_time_span
+    from timeviper.prompts import grounding_prompt
+
+    text, frames, seconds = answer(args, grounding_prompt(args.query))
+    span = parse_time_span(text)
+    result = {"start": span and span[0], "end": span and span[1], "raw": text, "frames": frames,
+              "seconds": round(seconds, 3)}
+    emit(args, result, f"{span[0]:.1f} - {span[1]:.1f} seconds" if span else f"(no time span in: {text!r})")
+
+
+def cmd_caption(args) -> None:
+    from timeviper.prompts import CAPTION_PROMPT
+
+    text, frames, seconds = answer(args, CAPTION_PROMPT)
+    emit(args, {"caption": text, "frames": frames, "seconds": round(seconds, 3)}, text)
+
+
+# --- the synthetic world, scoring -------------------------------------------------------------------------
+def cmd_synth(args) -> None:
+    from timeviper.synth import render_item
+
+    item = render_item(args.task, args.seed, args.frames, args.out, size=args.size)
+    print(json.dumps(item) if args.json else f"wrote {Path(args.out) / 'video.mp4'} and {Path(args.out) / 'item.json'}")
+
+
+def cmd_score(args) -> None:
+    from timeviper.eval.metrics import load_records, score
+
+    print(json.dumps(score(args.task, load_records(args.predictions), load_records(args.references)), indent=2))
+
+
+def cmd_demo(args) -> None:
+    from timeviper.demo import run_demo
+
+    run_demo(args)
+
+
+# --- training and evaluation ---------------------------------------------------------------------------------
+def cmd_train(args) -> None:
+    from functools import partial
+
+    from timeviper.data import build_train_data
+    from timeviper.prompts import encode_conversation
+    from timeviper.train import Trainer, load_config
+    from timeviper.train.build import build_model
+    from timeviper.train.distributed import close_distributed, init_distributed
+
+    config = load_config(args.config)
+    env = init_distributed()
+    try:
+        model = build_model(config)
+        data = build_train_data(config, tokenize=partial(encode_conversation, model.tokenizer,
+                                                         system=model.config.system_prompt),
+                                tokens_per_frame=model.config.tokens_per_frame, rank=env.rank,
+                                world_size=env.world_size)
+        trainer = Trainer(config, model, data, args.output, blocks=list(model.llm.layers))
+        trainer.fit(max_steps=args.max_steps, resume=args.resume)
+        if env.is_main and args.export:
+            model.save_pretrained(args.export)
+    finally:
+        close_distributed()
+
+
+def cmd_eval(args) -> None:
+    from timeviper.eval.runner import run_benchmark
+
+    run_benchmark(args)
+
+
+# --- the parser ------------------------------------------------------------------------------------------------
+def video_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="a video or image file")
+    p.add_argument("--model", default=None, help="a TimeViper directory (default: the embedded model)")
+    p.add_argument("--max-frames", type=int, default=None, help="frames to read at most (default: all)")
+    p.add_argument("--sampling", choices=("uniform", "first"), default="uniform")
+    p.add_argument("--fps", type=float, default=1.0)
+    p.add_argument("--transv", default=None, help="override the TransV spec, e.g. none or uni_7_0.5")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--chunk-frames", type=int, default=256, help="frames per streamed chunk")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="timeviper", description="Long-video understanding with a hybrid "
+                                     "Mamba-Transformer vision-language model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ask", help="answer a question about a video")
+    video_args(p)
+    p.add_argument("question")
+    p.add_argument("--options", nargs=4, metavar="OPTION", help="four options: answer with a letter A-D")
+    p.set_defaults(run=cmd_ask)
+
+    p = sub.add_parser("ground", help="find when something happens (start and end in seconds)")
+    video_args(p)
+    p.add_argument("query")
+    p.set_defaults(run=cmd_ground)
+
+    p = sub.add_parser("caption", help="describe a video in detail")
+    video_args(p)
+    p.set_defaults(run=cmd_caption)
+
+    p = sub.add_parser("demo", help="render a sample video; answer, ground and caption it")
+    p.add_argument("--model", default=None)
+    p.add_argument("--out", default=None, help="where to write the sample video (default: a temporary folder)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("synth", help="render one synthetic video with its ground truth")
+    p.add_argument("--task", choices=("mcq", "tvg", "caption"), required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--frames", type=int, required=True)
+    p.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_synth)
+
+    p = sub.add_parser("score", help="score predictions against references (JSON metrics)")
+    p.add_argument("--task", choices=("mcq", "tvg", "caption"), required=True)
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--references", required=True)
+    p.set_defaults(run=cmd_score)
+
+    p = sub.add_parser("train", help="train from a YAML recipe (torchrun for several GPUs)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--output", default="runs/train")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this step (the schedule is unchanged)")
+    p.add_argument("--export", default=None, help="also save the trained model as a TimeViper directory")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate on a benchmark")
+    p.add_argument("benchmark")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--output", default=None)
+    p.add_argument("--shard", default="0/1", help="I/N: evaluate the I-th of N shards")
+    p.add_argument("--model", default=None)
+    p.add_argument("--max-frames", type=int, default=256)
+    p.add_argument("--sampling", choices=("uniform", "first"), default="first")
+    p.add_argument("--transv", default=None)
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except TimeViperError as e:
+        print(f"timeviper: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("timeviper: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

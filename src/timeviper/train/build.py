@@ -1,0 +1,45 @@
+"""The model a training config asks for: from HF parts, a TimeViper directory, or a tiny random config."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from timeviper.errors import ConfigError
+from timeviper.llm.config import LMConfig
+from timeviper.model import TimeViper, TimeViperConfig
+from timeviper.prompts import TextTokenizer
+from timeviper.train.config import Config
+
+
+def tiny_model(spec: dict, transv: str | None) -> TimeViper:
+    """A random TimeViper from {llm: LMConfig fields, vision: SiglipVisionConfig fields, tokens_per_frame},
+    with the synthetic world's tokenizer."""
+    from timeviper.synth.tokenizer import train_tokenizer
+
+    unknown = set(spec) - {"llm", "vision", "tokens_per_frame", "vocab_size"}
+    if unknown or "llm" not in spec or "vision" not in spec:
+        raise ConfigError(f"model.tiny needs llm and vision (and optionally tokens_per_frame, vocab_size); "
+                          f"unknown keys: {sorted(unknown)}")
+    allowed = {f.name for f in fields(LMConfig)}
+    bad = set(spec["llm"]) - allowed
+    if bad:
+        raise ConfigError(f"model.tiny.llm: unknown LMConfig fields {sorted(bad)}")
+    tokenizer = TextTokenizer(train_tokenizer(vocab_size=spec.get("vocab_size", 1024)), "timeviper")
+    llm = LMConfig(**{"vocab_size": tokenizer.vocab_size, **spec["llm"]})
+    config = TimeViperConfig(llm, spec["vision"], spec.get("tokens_per_frame", 16), transv or "none",
+                             chat_template="timeviper")
+    return TimeViper(config, tokenizer)
+
+
+def build_model(config: Config) -> TimeViper:
+    m = config.model
+    if m.llm is not None:
+        model = TimeViper.from_parts(m.vision, m.llm, transv=m.transv or "none")
+    elif m.pretrained is not None:
+        model = TimeViper.from_pretrained(None if m.pretrained == "embedded" else m.pretrained)
+        if m.transv is not None:
+            model.set_transv(m.transv)
+    else:
+        model = tiny_model(m.tiny, m.transv)
+    model.vision.trainable = "vision" in config.train.trainable
+    return model
