@@ -127,3 +127,12 @@ def test_bad_frames_and_specs(model):
         model.chat(torch.zeros(3, 8, 8, 3), "x")
     with pytest.raises(ConfigError, match="needs an attention layer"):
         TimeViperConfig(LLM, VISION, transv="attn_2_0.5")
+
+
+def test_stop_strings_end_generation(model):
+    full = model.chat(frames(4), "Go on.", max_new_tokens=12)
+    if len(full) < 4:
+        pytest.skip("the random model stopped by itself")
+    stop = full[2:4]
+    cut = model.chat(frames(4), "Go on.", max_new_tokens=12, stop=[stop])
+    assert cut == full[:full.find(stop)].strip()

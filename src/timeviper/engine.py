@@ -14,7 +14,7 @@ kept vision tokens then continue through the next stage, and so on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -153,8 +153,12 @@ def sample(logits: Tensor, temperature: float = 0.0, top_p: float = 1.0, generat
 
 
 def decode(llm: HybridLM, cache: Cache, first_logits: Tensor, max_new_tokens: int, stop_ids: set[int],
-           temperature: float = 0.0, top_p: float = 1.0, generator=None) -> list[list[int]]:
-    """Generate up to `max_new_tokens` per row from a prefilled cache; rows stop at a stop id."""
+           temperature: float = 0.0, top_p: float = 1.0, generator=None,
+           stop_when: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
+    """Generate up to `max_new_tokens` per row from a prefilled cache.
+
+    A row stops at a token of `stop_ids` (not kept) or once `stop_when(row_tokens)` holds.
+    """
     rows = first_logits.shape[0]
     out: list[list[int]] = [[] for _ in range(rows)]
     done = torch.zeros(rows, dtype=torch.bool)
@@ -167,6 +171,7 @@ def decode(llm: HybridLM, cache: Cache, first_logits: Tensor, max_new_tokens: in
                     done[r] = True
                 else:
                     out[r].append(t)
+                    done[r] = stop_when is not None and stop_when(out[r])
         if done.all():
             break
         logits = llm(input_ids=tokens[:, None], cache=cache, num_logits=1).logits[:, -1]

@@ -155,11 +155,13 @@ class TimeViper(nn.Module):
 
     @torch.inference_mode()
     def generate(self, requests: list[tuple[Iterable[Tensor], str]], max_new_tokens: int = 256,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, progress=None) -> list[str]:
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 stop: list[str] | tuple[str, ...] = (), progress=None) -> list[str]:
         """Answer a batch of (frame chunks, instruction) requests; videos may differ in length.
 
         Each request is prefilled on its own (long videos stream chunk by chunk), then all are decoded
-        together from one padded cache.
+        together from one padded cache. Generation ends at the template's end-of-turn token, at
+        `max_new_tokens`, or at any string of `stop` (cut from the answer).
         """
         tok = self._require_tokenizer()
         caches, firsts = [], []
@@ -169,9 +171,11 @@ class TimeViper(nn.Module):
             firsts.append(logits)
         cache = caches[0] if len(caches) == 1 else type(caches[0]).stack(caches, extra=max_new_tokens)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        stop = {tok.stop_id} if tok.stop_id is not None else set()
-        outs = engine.decode(self.llm, cache, torch.cat(firsts), max_new_tokens, stop, temperature, top_p, generator)
-        return [tok.decode(o).strip() for o in outs]
+        stop_ids = {tok.stop_id} if tok.stop_id is not None else set()
+        stop_when = (lambda ids: any(s in tok.decode(ids[-32:]) for s in stop)) if stop else None
+        outs = engine.decode(self.llm, cache, torch.cat(firsts), max_new_tokens, stop_ids, temperature, top_p,
+                             generator, stop_when)
+        return [cut_at_stop(tok.decode(o), stop).strip() for o in outs]
 
     def chat(self, video, prompt: str, fps: float = 1.0, max_frames: int | None = None, sampling: str = "uniform",
              chunk_frames: int = 256, progress=None, **generation) -> str:
@@ -230,6 +234,12 @@ class TimeViper(nn.Module):
         model.projector = Projector(vision.config.hidden_size, llm.config.hidden_size, tokens_per_frame)
         model.transv = nn.ModuleDict({str(s.layer): TransV(llm.config, s) for s in parse_transv(transv)})
         return model.to(device=llm.embed_tokens.weight.device, dtype=llm.embed_tokens.weight.dtype)
+
+
+def cut_at_stop(text: str, stop) -> str:
+    """`text` up to the first occurrence of any stop string."""
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return text[:min(cuts)] if cuts else text
 
 
 def spans_of(batch: dict) -> list[Span]:
