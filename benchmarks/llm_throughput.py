@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import peak_memory_gib, print_table, reset_peak_memory, timer, write_results  # noqa: E402
 
+from timeviper.engine import DecodeStep  # noqa: E402
 from timeviper.llm import HybridLM, KVCache, LMConfig  # noqa: E402
 from timeviper.llm.hf_io import config_to_hf  # noqa: E402
 
@@ -87,20 +88,21 @@ def random_cache(model, batch, context, new_tokens):
     return cache
 
 
-def bench_decode(model, impl, batch, context, new_tokens, vocab, device) -> dict:
-    row = {"batch": batch, "context": context, "new_tokens": new_tokens}
+def bench_decode(model, impl, batch, context, new_tokens, vocab, device, graphs=True) -> dict:
+    row = {"batch": batch, "context": context, "new_tokens": new_tokens,
+           "cuda_graph": graphs and impl == "ours" and device == "cuda"}
     if impl == "ours":
-        def run(steps):
-            cache = random_cache(model, batch, context, steps)
-            tok = torch.randint(0, vocab, (batch, 1), device=device)
+        def run(steps):  # greedy steps through the engine's decoding step (a CUDA graph on GPUs)
+            step = DecodeStep(model, random_cache(model, batch, context, steps), steps, use_graph=graphs)
+            tok = torch.randint(0, vocab, (batch,), device=device)
             for _ in range(steps):
-                tok = model(input_ids=tok, cache=cache, num_logits=1).logits.argmax(-1)
+                tok = step(tok).argmax(-1)
     else:
         def run(steps):  # transformers builds its own cache by prefilling the context
             ids = torch.randint(0, vocab, (batch, context), device=device)
             model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
 
-    run(2)
+    run(4)  # includes the graph capture
     reset_peak_memory()
     if impl == "ours":
         with timer(row):
@@ -129,6 +131,7 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (smoke run on a CPU)")
+    ap.add_argument("--no-graphs", action="store_true", help="decode eagerly, without CUDA graphs")
     ap.add_argument("--out", default="benchmarks/results/llm_throughput.json")
     args = ap.parse_args(argv)
 
@@ -151,7 +154,8 @@ def main(argv=None):
                         if kind == "prefill":
                             row.update(bench_prefill(model, impl, size, cfg.vocab_size, device, args.repeats))
                         else:
-                            row.update(bench_decode(model, impl, *size, args.new_tokens, cfg.vocab_size, device))
+                            row.update(bench_decode(model, impl, *size, args.new_tokens, cfg.vocab_size, device,
+                                                        graphs=not args.no_graphs))
                 except torch.OutOfMemoryError:
                     row.update({"tokens": size} if kind == "prefill" else {"batch": size[0], "context": size[1]})
                     row["error"] = "out of memory"
@@ -160,7 +164,8 @@ def main(argv=None):
                 reset_peak_memory()
             del model
             reset_peak_memory()
-    print_table(rows, ["model", "impl", "phase", "tokens", "batch", "context", "tokens_per_s", "peak_gib", "error"])
+    print_table(rows, ["model", "impl", "phase", "tokens", "batch", "context", "cuda_graph", "tokens_per_s", "peak_gib",
+                       "error"])
     write_results(args.out, "llm_throughput", rows, dtype=str(dtype), new_tokens=args.new_tokens, tiny=args.tiny)
 
 

@@ -66,3 +66,23 @@ def test_cuda_training_step_with_transv(models):
     assert all(p.grad is not None for p in gpu.layers.parameters())
     assert transv[2].alpha.grad is not None and index.shape[0] == out.shape[1]
     gpu.eval()
+
+
+def test_cuda_graph_decoding_matches_eager(models):
+    from timeviper.engine import DecodeStep
+
+    _, gpu = models
+    prompts = [torch.randint(0, 101, (1, n), device="cuda") for n in (37, 90)]
+    tokens = torch.randint(0, 101, (6, 2), device="cuda")
+
+    def run(use_graph):
+        caches = []
+        with torch.no_grad():
+            for p in prompts:
+                caches.append(gpu.new_cache(1))
+                gpu(input_ids=p, cache=caches[-1])
+            from timeviper.llm import Cache
+            step = DecodeStep(gpu, Cache.stack(caches, extra=6), 6, use_graph=use_graph)
+            return torch.stack([step(t).clone() for t in tokens], 1)
+
+    assert rel(run(True), run(False)) < 1e-3

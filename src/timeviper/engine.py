@@ -152,6 +152,38 @@ def sample(logits: Tensor, temperature: float = 0.0, top_p: float = 1.0, generat
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+class DecodeStep:
+    """One decoding step over a static cache; on CUDA captured once as a graph and replayed.
+
+    Eager PyTorch launches ~1,700 kernels a step for Nano-9B, so the GPU waits on Python; a graph
+    launches them at once. The first two steps run eagerly (warming up kernels and libraries), the
+    third is captured.
+    """
+
+    def __init__(self, llm: HybridLM, cache: Cache, max_new_tokens: int, use_graph: bool = True):
+        self.llm, self.cache = llm, cache
+        cache.make_static(max_new_tokens)
+        device = cache.next_position.device
+        self.use_graph = use_graph and device.type == "cuda"
+        self.tokens = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)
+        self.graph, self.logits, self.calls = None, None, 0
+
+    def _step(self) -> Tensor:
+        return self.llm(input_ids=self.tokens, cache=self.cache, num_logits=1).logits[:, -1]
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        self.tokens.copy_(tokens.view(-1, 1))
+        self.calls += 1
+        if not self.use_graph or self.calls <= 2:
+            return self._step()
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self._step()
+        self.graph.replay()
+        return self.logits
+
+
 def decode(llm: HybridLM, cache: Cache, first_logits: Tensor, max_new_tokens: int, stop_ids: set[int],
            temperature: float = 0.0, top_p: float = 1.0, generator=None,
            stop_when: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
@@ -160,6 +192,7 @@ def decode(llm: HybridLM, cache: Cache, first_logits: Tensor, max_new_tokens: in
     A row stops at a token of `stop_ids` (not kept) or once `stop_when(row_tokens)` holds.
     """
     rows = first_logits.shape[0]
+    step = DecodeStep(llm, cache, max_new_tokens)
     out: list[list[int]] = [[] for _ in range(rows)]
     done = torch.zeros(rows, dtype=torch.bool)
     logits = first_logits
@@ -174,5 +207,5 @@ def decode(llm: HybridLM, cache: Cache, first_logits: Tensor, max_new_tokens: in
                     done[r] = stop_when is not None and stop_when(out[r])
         if done.all():
             break
-        logits = llm(input_ids=tokens[:, None], cache=cache, num_logits=1).logits[:, -1]
+        logits = step(tokens)
     return out

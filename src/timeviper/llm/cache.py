@@ -26,16 +26,21 @@ class MambaState:
 class KVCache:
     """Keys and values of one attention layer, [B, Hkv, capacity, D], grown geometrically.
 
-    `length` is the longest row; `lengths` ([B] long) is set only when rows differ (after `stack`).
+    `length` is the longest row; `lengths` ([B] long) is set only when rows differ (after `stack`) or
+    the cache is `static`: then every step attends over the whole capacity under a mask, so a decoding
+    step has fixed shapes and can be captured in a CUDA graph.
     """
 
     def __init__(self, k: Tensor, v: Tensor, length: int = 0, lengths: Tensor | None = None):
         self.k, self.v, self.length, self.lengths = k, v, length, lengths
+        self.static = False
 
     @classmethod
-    def empty(cls, batch: int, kv_heads: int, head_dim: int, capacity: int, dtype, device) -> "KVCache":
+    def allocate(cls, batch: int, kv_heads: int, head_dim: int, capacity: int, dtype, device) -> "KVCache":
+        """An empty cache with room for `capacity` tokens. Storage is zeroed: masked slots are still read
+        (0 * NaN would poison the attention output)."""
         shape = (batch, kv_heads, capacity, head_dim)
-        return cls(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
     @property
     def capacity(self) -> int:
@@ -46,8 +51,8 @@ class KVCache:
         if capacity <= self.capacity:
             return
         k, v = self.k, self.v
-        self.k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
-        self.v = v.new_empty(self.k.shape)
+        self.k = k.new_zeros(k.shape[0], k.shape[1], capacity, k.shape[3])
+        self.v = v.new_zeros(self.k.shape)
         self.k[:, :, : self.length] = k[:, :, : self.length]
         self.v[:, :, : self.length] = v[:, :, : self.length]
 
@@ -70,18 +75,25 @@ class KVCache:
         rows = torch.arange(k.shape[0], device=k.device)
         self.k[rows, :, self.lengths] = k[:, :, 0]
         self.v[rows, :, self.lengths] = v[:, :, 0]
-        self.lengths = self.lengths + 1
+        self.lengths.add_(1)  # in place: a captured graph replays on the same tensor
         self.length = needed
-        positions = torch.arange(needed, device=k.device)
-        mask = positions[None, :] < self.lengths[:, None]  # [B, L]
-        return self.k[:, :, :needed], self.v[:, :, :needed], mask[:, None, None, :]
+        span = self.capacity if self.static else needed
+        mask = torch.arange(span, device=k.device)[None, :] < self.lengths[:, None]  # [B, span]
+        return self.k[:, :, :span], self.v[:, :, :span], mask[:, None, None, :]
+
+    def make_static(self, extra: int) -> None:
+        """Fix the capacity at the current length + `extra` and track lengths per row on the device."""
+        self.reserve(self.length + extra)
+        if self.lengths is None:
+            self.lengths = torch.full((self.k.shape[0],), self.length, dtype=torch.long, device=self.k.device)
+        self.static = True
 
     @staticmethod
     def stack(caches: list["KVCache"], extra: int = 0) -> "KVCache":
         """Pad single-row caches into one batch with room for `extra` more tokens per row."""
         lengths = [c.length for c in caches]
         ref = caches[0].k
-        out = KVCache.empty(len(caches), ref.shape[1], ref.shape[3], max(lengths) + extra, ref.dtype, ref.device)
+        out = KVCache.allocate(len(caches), ref.shape[1], ref.shape[3], max(lengths) + extra, ref.dtype, ref.device)
         for row, c in enumerate(caches):
             out.k[row, :, : c.length] = c.k[0, :, : c.length]
             out.v[row, :, : c.length] = c.v[0, :, : c.length]
@@ -115,6 +127,12 @@ class Cache:
     def kv_tokens(self) -> int:
         """Tokens held by all KV caches together (a measure of the cache's size)."""
         return sum(c.length for c in self.layers if isinstance(c, KVCache))
+
+    def make_static(self, extra: int) -> None:
+        """Prepare for `extra` decoding steps of fixed shapes (see KVCache.make_static)."""
+        for layer in self.layers:
+            if isinstance(layer, KVCache):
+                layer.make_static(extra)
 
     def nbytes(self) -> int:
         total = 0

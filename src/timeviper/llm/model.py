@@ -56,7 +56,7 @@ class HybridLM(nn.Module):
                 cache.layers[i] = block.mixer.empty_state(batch, p.device, p.dtype)
             elif block.kind == "attention":
                 m = block.mixer
-                cache.layers[i] = KVCache.empty(batch, m.num_kv_heads, m.head_dim, capacity, p.dtype, p.device)
+                cache.layers[i] = KVCache.allocate(batch, m.num_kv_heads, m.head_dim, capacity, p.dtype, p.device)
         return cache
 
     def positions_for(self, batch: int, length: int, cache: Cache | None, device) -> Tensor:
@@ -122,3 +122,9 @@ def packed_positions(cu_seqlens: Tensor) -> Tensor:
     lengths = cu_seqlens.diff()
     starts = torch.repeat_interleave(cu_seqlens[:-1], lengths)
     return (torch.arange(int(cu_seqlens[-1]), device=cu_seqlens.device) - starts)[None]
+
+
+def matmul_params(module: nn.Module) -> int:
+    """Parameters used as multiply-add weights once per token (or patch): matrices and convolution taps,
+    not norms, biases or per-channel scalars. Embedding tables are lookups: leave them out of `module`."""
+    return sum(p.numel() for p in module.parameters() if p.ndim >= 2)
