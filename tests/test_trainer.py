@@ -287,7 +287,7 @@ def write_yaml(path: Path, tree) -> Path:
         (lambda c: c["optim"].update(lr=-1.0), r"optim.lr: must be > 0"),
         (lambda c: c["optim"].update(betas=[0.9]), r"optim.betas: expected a list of 2 numbers, got list \[0.9\]"),
         (lambda c: c["train"].update(stage=3), r"train.stage: must be 1 or 2"),
-        (lambda c: c["train"].update(trainable=["vision"]), r"train.trainable: must be distinct names"),
+        (lambda c: c["train"].update(trainable=["projector", "projector"]), r"train.trainable: must be distinct names"),
         (lambda c: c["train"].update(global_batch_tokens=100), r"train.global_batch_tokens: 100 is not a multiple"),
         (lambda c: c["train"].pop("max_steps"), r"train.max_steps: is required"),
         (

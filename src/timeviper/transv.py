@@ -182,6 +182,25 @@ def cu_seqlens_of(spans: list[Span], device=None) -> Tensor:
     return torch.tensor([0] + [s.end for s in spans], dtype=torch.int32, device=device)
 
 
+def select_packed(spec: TransVSpec, block: nn.Module, h: Tensor, positions: Tensor | None,
+                  spans: list[Span]) -> list[Tensor]:
+    """Each sample's bool mask [n] of the vision tokens it drops at `block` (the layer TransV sits at).
+
+    An FSDP2-sharded block is gathered once for all samples, so that every rank runs the same
+    collectives whatever number of samples its micro-batch packs.
+    """
+    if spec.strategy == "uniform":
+        return [uniform_drop(0, sp.vision_end - sp.vision_start, spec.p, h.device) for sp in spans]
+    drops = []
+    with torch.no_grad(), unsharded(block):  # selection is not differentiable
+        for sp in spans:
+            q, vis = slice(sp.instruction_end - 1, sp.instruction_end), slice(sp.vision_start, sp.vision_end)
+            logits = attention_logits(block.mixer, block.norm, h[:, q], None if positions is None else positions[:, q],
+                                      h[:, vis], None if positions is None else positions[:, vis])
+            drops.append(attention_drop(attention_scores(logits), spec.p))
+    return drops
+
+
 def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor | None,
                  spans: list[Span]) -> tuple[Tensor, Tensor | None, list[Span], Tensor]:
     """TransV on a whole packed sequence h [1, T, C] entering `block` (the layer TransV sits at).
@@ -189,23 +208,11 @@ def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor 
     Each sample drops its own vision tokens and transfers them into its own instruction. Returns the
     shortened h and positions, the new spans and the bool mask [T] of kept tokens.
     """
-    spec = module.spec
     keep = torch.ones(h.shape[1], dtype=torch.bool, device=h.device)
     rows, deltas, new_spans, removed = [], [], [], 0
-    for sp in spans:
-        vision = h[0, sp.vision_start:sp.vision_end]  # [n, C]
-        if spec.strategy == "uniform":
-            drop = uniform_drop(0, vision.shape[0], spec.p, h.device)
-        else:
-            q = slice(sp.instruction_end - 1, sp.instruction_end)
-            vis = slice(sp.vision_start, sp.vision_end)
-            with torch.no_grad(), unsharded(block):  # selection is not differentiable
-                logits = attention_logits(block.mixer, block.norm, h[:, q],
-                                          None if positions is None else positions[:, q],
-                                          vision[None], None if positions is None else positions[:, vis])
-            drop = attention_drop(attention_scores(logits), spec.p)
-        if spec.transfers and drop.any():
-            k, v = module.memory(vision[drop])
+    for sp, drop in zip(spans, select_packed(module.spec, block, h, positions, spans)):
+        if module.spec.transfers and drop.any():
+            k, v = module.memory(h[0, sp.vision_start:sp.vision_end][drop])
             deltas.append(module.delta(h[0, sp.vision_end:sp.instruction_end], k, v))
             rows.append(torch.arange(sp.vision_end, sp.instruction_end, device=h.device))
         keep[sp.vision_start:sp.vision_end] = ~drop
