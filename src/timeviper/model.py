@@ -8,6 +8,7 @@ tokenizer.json of the text tokenizer.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -21,6 +22,7 @@ from timeviper.errors import CheckpointError, ConfigError
 from timeviper.llm import HybridLM
 from timeviper.llm.config import LMConfig
 from timeviper.llm.hf_io import config_from_hf, config_to_hf, load_weights, write_json, write_safetensors
+from timeviper.llm.model import matmul_params
 from timeviper.prompts import SYSTEM_PROMPT, TextTokenizer, encode_prompt
 from timeviper.transv import Span, TransV, parse_transv, run_packed
 from timeviper.vision.preprocess import preprocess_frames
@@ -134,6 +136,60 @@ class TimeViper(nn.Module):
         _, logits = self.llm.head(out[:, learn])
         loss = F.cross_entropy(logits[0], labels[learn], reduction="sum")
         return loss, learn.sum()
+
+    def flops_per_token(self, seq_len: int = 8192, frames: int = 0, loss_tokens: int | None = None) -> float:
+        """Model FLOPs of one training step (forward and backward) per token of a sample of `seq_len` tokens,
+        `frames * tokens_per_frame` of them vision tokens and `loss_tokens` (default: all) through the LM head.
+
+        Without arguments (the trainer's MFU): a text-only sample of 8,192 tokens, the usual 6 N + attention
+        estimate. For video pass the sample's shape: at Nano-9B + so400m the frozen SigLIP adds ~40 GFLOP
+        per vision token, and TransV takes most vision tokens out of the later layers.
+
+        A multiply-add is 2 FLOPs. A weight costs 2 FLOPs per token forward, 2 more for its input's gradient
+        when backpropagation passes it, 2 more for its own gradient when it trains (6 in a trained LLM, 2 in
+        the frozen SigLIP). Counted:
+        - the LLM layers' matrices and convolution taps over the tokens reaching each layer: a TransV layer
+          of share p takes floor(p v) of the v vision tokens there out of it and every later layer;
+        - causal attention, 4 H D per query-key pair forward, n^2 / 2 pairs for the n tokens of a sample
+          at that layer (packed samples do not see each other), x3 in training;
+        - the SSD recurrence, 5 P N per Mamba head and token forward (decay, rank-1 update, read-out), x3;
+          the chunked kernels' extra work is hardware, not model, FLOPs;
+        - the LM head over the loss tokens; the projector over the vision tokens;
+        - SigLIP per frame: patch embedding and layer matrices over every patch, 4 P^2 C attention per layer.
+        Left out (~0.2% together at Nano-9B + so400m): norms, activations, biases, softmax, cross-entropy,
+        embedding lookups, ToMe's matching, TransV's cross-attention and token selection; and activation
+        checkpointing's recomputation, which is hardware work, not model FLOPs.
+        """
+        def trains(module: nn.Module) -> bool:
+            return any(p.requires_grad for p in module.parameters())
+
+        def per_weight(weights: bool, inputs: bool) -> int:  # FLOPs per multiply-add weight and token
+            return 2 + 2 * weights + 2 * inputs
+
+        cfg, vision, backprop, siglip = self.config.llm, self.vision, trains(self), trains(self.vision)
+        llm = per_weight(trains(self.llm), backprop)
+        both = per_weight(backprop, backprop) / 2  # training / forward FLOPs of a product of two activations
+        drops = {layer: m.spec.p for layer, m in self.transv_layers.items()}
+        n, v = seq_len, frames * self.config.tokens_per_frame
+        flops = llm * self.llm.lm_head.weight.numel() * (seq_len if loss_tokens is None else loss_tokens)
+        for i, block in enumerate(self.llm.layers):
+            dropped = math.floor(v * drops.get(i, 0.0))
+            n, v = n - dropped, v - dropped
+            flops += llm * matmul_params(block) * n
+            if block.kind == "attention":
+                flops += both * 2 * cfg.num_heads * cfg.head_dim * n * n
+            elif block.kind == "mamba":
+                flops += both * 5 * cfg.mamba_inner * cfg.ssm_state_size * n
+        trained = trains(self.projector)  # its first layer's input comes from SigLIP
+        flops += frames * self.config.tokens_per_frame * (
+            per_weight(trained, siglip) * matmul_params(self.projector.mlp[0])
+            + per_weight(trained, trained or siglip) * matmul_params(self.projector.mlp[2]))
+        layers, patches = vision.model.encoder.layers[:vision.depth], vision.num_patches
+        vit = per_weight(siglip, siglip)
+        flops += frames * patches * (
+            per_weight(siglip, False) * matmul_params(vision.model.embeddings.patch_embedding)  # pixels: no gradient
+            + vit * sum(map(matmul_params, layers)) + vit / 2 * len(layers) * 4 * patches * vision.config.hidden_size)
+        return flops / seq_len
 
     # --- inference ---------------------------------------------------------------------------------------
     def _require_tokenizer(self) -> TextTokenizer:

@@ -19,6 +19,7 @@ from timeviper.data.records import (
     Tokenize,
     Tokenized,
 )
+from timeviper.data.synth_source import SynthDataset
 
 if TYPE_CHECKING:
     from timeviper.train.config import Config
@@ -34,6 +35,7 @@ __all__ = [
     "Sample",
     "SkipStats",
     "Skipped",
+    "SynthDataset",
     "Tokenize",
     "Tokenized",
     "build_train_data",
@@ -54,21 +56,21 @@ def build_train_data(
 
     ``tokenize`` and ``tokens_per_frame`` come from the model (chat template, vision tokens per
     frame after merging), e.g. ``functools.partial(timeviper.prompts.encode_conversation, tokenizer)``;
-    ``load_video`` defaults to :func:`timeviper.video.load_video`.
+    ``load_video`` defaults to :func:`timeviper.video.load_video`. Entries with ``synth`` become
+    :class:`SynthDataset` (rendered on the fly), the others :class:`ConversationDataset`.
     """
     data = config.data
+    common = dict(
+        tokenize=tokenize,
+        tokens_per_frame=tokens_per_frame,
+        max_tokens=config.train.micro_batch_tokens,
+        max_frames=data.max_frames,
+        fps=data.fps,
+    )
     datasets = [
-        ConversationDataset(
-            spec.name,
-            spec.path,
-            spec.root,
-            tokenize=tokenize,
-            tokens_per_frame=tokens_per_frame,
-            max_tokens=config.train.micro_batch_tokens,
-            max_frames=data.max_frames,
-            fps=data.fps,
-            load_video=load_video,
-        )
+        SynthDataset(spec.name, spec.synth, **common)
+        if spec.synth is not None
+        else ConversationDataset(spec.name, spec.path, spec.root, load_video=load_video, **common)
         for spec in data.datasets
     ]
     mixture = Mixture(

@@ -189,6 +189,37 @@ def parse_record(obj: object, root: Path, default_id: str) -> Record:
     return Record(id=str(record_id), conversations=turns, media=media, clip=clip)
 
 
+def encode_turns(tokenize: Tokenize, conversations: list[dict], where: str) -> Tokenized | Skipped:
+    """Tokenise a conversation; :class:`Skipped` (``no_loss_tokens``) when it has nothing to learn."""
+    text = tokenize(conversations)
+    if len(text.ids) != len(text.labels) or not 0 <= text.vision_at <= text.instruction_end <= len(text.ids):
+        raise TimeViperError(
+            f"tokenize returned {len(text.ids)} ids, {len(text.labels)} labels, vision_at {text.vision_at} "
+            f"and instruction_end {text.instruction_end}, which do not fit together ({where})"
+        )
+    if all(label == IGNORE_INDEX for label in text.labels):
+        return Skipped("no_loss_tokens", f"{where}: no assistant token")
+    return text
+
+
+def make_sample(
+    sample_id: str, text: Tokenized, frames: torch.Tensor | None, tokens_per_frame: int, max_tokens: int, where: str
+) -> Sample | Skipped:
+    """Splice ``tokens_per_frame`` vision slots per frame into ``text``; ``too_long`` past ``max_tokens``."""
+    n = 0 if frames is None else frames.shape[0] * tokens_per_frame
+    if len(text.ids) + n > max_tokens:
+        return Skipped("too_long", f"{where}: {len(text.ids) + n} tokens > budget {max_tokens}")
+    at = text.vision_at
+    return Sample(
+        id=sample_id,
+        input_ids=torch.tensor(text.ids[:at] + [VISION_SLOT_ID] * n + text.ids[at:], dtype=torch.long),
+        labels=torch.tensor(text.labels[:at] + [IGNORE_INDEX] * n + text.labels[at:], dtype=torch.long),
+        vision_span=(at, at + n),
+        instruction_end=text.instruction_end + n,
+        frames=frames,
+    )
+
+
 class ConversationDataset:
     """A record file made into samples: ``dataset[i]`` is a :class:`Sample` or a :class:`Skipped`.
 
@@ -233,15 +264,9 @@ class ConversationDataset:
         except MalformedRecord as e:
             return Skipped(e.reason, f"{where}: {e}")
 
-        text = self.tokenize(record.conversations)
-        if len(text.ids) != len(text.labels) or not 0 <= text.vision_at <= text.instruction_end <= len(text.ids):
-            raise TimeViperError(
-                f"tokenize returned {len(text.ids)} ids, {len(text.labels)} labels, vision_at {text.vision_at} "
-                f"and instruction_end {text.instruction_end}, which do not fit together ({where})"
-            )
-        if all(label == IGNORE_INDEX for label in text.labels):
-            return Skipped("no_loss_tokens", f"{where}: no assistant token")
-
+        text = encode_turns(self.tokenize, record.conversations, where)
+        if isinstance(text, Skipped):
+            return text
         frames = None
         if record.media is not None:
             if not record.media.is_file():
@@ -250,18 +275,7 @@ class ConversationDataset:
                 frames = self._frames(record)
             except VideoDecodeError as e:
                 return Skipped("media_decode", f"{where}: {e}")
-        n = 0 if frames is None else frames.shape[0] * self.tokens_per_frame
-        if len(text.ids) + n > self.max_tokens:
-            return Skipped("too_long", f"{where}: {len(text.ids) + n} tokens > budget {self.max_tokens}")
-        at = text.vision_at
-        return Sample(
-            id=record.id,
-            input_ids=torch.tensor(text.ids[:at] + [VISION_SLOT_ID] * n + text.ids[at:], dtype=torch.long),
-            labels=torch.tensor(text.labels[:at] + [IGNORE_INDEX] * n + text.labels[at:], dtype=torch.long),
-            vision_span=(at, at + n),
-            instruction_end=text.instruction_end + n,
-            frames=frames,
-        )
+        return make_sample(record.id, text, frames, self.tokens_per_frame, self.max_tokens, where)
 
     def _frames(self, record: Record) -> torch.Tensor:
         load = self._load_video

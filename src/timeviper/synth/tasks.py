@@ -120,9 +120,13 @@ def _mcq_questions(spec: VideoSpec) -> dict[str, list[Question]]:
     }
 
 
-def _mcq(spec: VideoSpec, rng) -> dict:
+def _mcq(spec: VideoSpec, rng, kind: str | None = None) -> dict:
     questions = {kind: qs for kind, qs in _mcq_questions(spec).items() if qs}
-    kind = list(questions)[rng.integers(len(questions))]
+    if kind is None:
+        kind = list(questions)[rng.integers(len(questions))]
+    elif kind not in questions:
+        raise ConfigError(f"video {spec.seed} of {spec.frames} frames has no {kind!r} question "
+                          f"(it has: {', '.join(questions)})")
     q = questions[kind][rng.integers(len(questions[kind]))]
     candidates = [str(x) for x in (*rng.permutation(q.near), *rng.permutation(q.far))]
     distractors = [x for x in dict.fromkeys(candidates) if x != q.answer][:3]
@@ -151,10 +155,17 @@ def _caption(spec: VideoSpec, rng) -> dict:
 BUILDERS = {"mcq": _mcq, "tvg": _tvg, "caption": _caption}
 
 
-def make_item(task: str, seed: int, frames: int, size: int = 64) -> tuple[VideoSpec, dict]:
-    """The video and the ground-truth item of `task` for (seed, frames)."""
+def make_item(task: str, seed: int, frames: int, size: int = 64, kind: str | None = None) -> tuple[VideoSpec, dict]:
+    """The video and the ground-truth item of `task` for (seed, frames).
+
+    `kind` (mcq only) asks a question of that kind instead of a random one; a ConfigError says when
+    the video has none (e.g. "needle" on a video without a needle scene).
+    """
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if kind is not None and (task != "mcq" or kind not in MCQ_KINDS):
+        raise ConfigError(f"kind must be one of {', '.join(MCQ_KINDS)} and is for mcq items only; "
+                          f"got {kind!r} for {task}")
     spec = make_video(seed, frames, size)
     rng = np.random.Generator(np.random.PCG64([spec.seed, TASKS.index(task) + 1]))
     item = {
@@ -165,7 +176,7 @@ def make_item(task: str, seed: int, frames: int, size: int = 64) -> tuple[VideoS
         "duration": spec.duration,
         "size": spec.size,
     }
-    item.update(BUILDERS[task](spec, rng))
+    item.update(_mcq(spec, rng, kind) if kind else BUILDERS[task](spec, rng))
     return spec, item
 
 
@@ -178,14 +189,14 @@ def render_item(task: str, seed: int, frames: int, out_dir, size: int = 64) -> d
     return item
 
 
-def iter_items(task: str, seeds, frames, size: int = 64):
+def iter_items(task: str, seeds, frames, size: int = 64, kind: str | None = None):
     """(spec, item) for each seed, without writing files; render frames with render_frames(spec).
 
     `frames` is a length in seconds, or a (shortest, longest) range from which each seed draws
-    its own length, log-uniformly.
+    its own length, log-uniformly. `kind` is make_item's.
     """
     for seed in seeds:
-        yield make_item(task, seed, _length(seed, frames), size)
+        yield make_item(task, seed, _length(seed, frames), size, kind)
 
 
 def _length(seed: int, frames) -> int:

@@ -18,6 +18,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from timeviper.errors import ConfigError
+from timeviper.synth.tasks import MCQ_KINDS, TASKS
+from timeviper.synth.world import MIN_SIZE, split_range
 
 PARTS = ("projector", "llm", "transv", "vision")  # vision: only small encoders trained from scratch
 STAGE_TRAINABLE = {1: ["projector"], 2: ["projector", "llm", "transv"]}
@@ -117,17 +119,64 @@ class OptimConfig:
 
 
 @dataclass
-class DatasetConfig:
-    path: str  # a .json list or .jsonl file of records
-    root: str  # directory the records' video/image paths are relative to
-    weight: float = 1.0  # share ∝ weight × number of records
-    name: str | None = None  # default: the file's stem
+class SynthConfig:
+    """A task of the synthetic world (timeviper.synth) rendered on the fly: one sample per seed."""
+
+    task: str  # mcq, tvg or caption
+    seeds: tuple[int, int]  # [start, stop), inside the train split
+    frames: int | list[int]  # video length in seconds, or a [shortest, longest] range drawn per seed
+    size: int = 64  # frame side in pixels
+    kind: str | None = None  # mcq: ask this kind of question (e.g. needle) where the video has one
 
     def __post_init__(self):
-        _require_path(self.path, "path", "record file")
-        _require(Path(self.root).is_dir(), "root", f"directory {self.root} does not exist")
+        _require(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
+        train, (start, stop) = split_range("train"), self.seeds
+        _require(
+            train.start <= start < stop <= train.stop,
+            "seeds",
+            f"[{start}, {stop}) must be a non-empty range inside the train split [{train.start}, {train.stop}); "
+            "validation and test seeds are kept for evaluation",
+        )
+        lengths = [self.frames] * 2 if isinstance(self.frames, int) else self.frames
+        _require(
+            len(lengths) == 2 and 1 <= lengths[0] <= lengths[1],
+            "frames",
+            f"must be a length >= 1 or a [shortest, longest] range with 1 <= shortest <= longest, got {self.frames}",
+        )
+        _require(self.size >= MIN_SIZE, "size", f"must be >= {MIN_SIZE} pixels, got {self.size}")
+        _require(
+            self.kind is None or (self.task == "mcq" and self.kind in MCQ_KINDS),
+            "kind",
+            f"is for mcq only, one of {', '.join(MCQ_KINDS)}; got {self.kind!r} for {self.task}",
+        )
+
+
+@dataclass
+class DatasetConfig:
+    """A record file (``path`` and ``root``) or a synthetic task (``synth``)."""
+
+    path: str | None = None  # a .json list or .jsonl file of records
+    root: str | None = None  # directory the records' video/image paths are relative to
+    synth: SynthConfig | None = None
+    weight: float = 1.0  # share ∝ weight × number of records (seeds for synth)
+    name: str | None = None  # default: the file's stem, or synth_TASK[_KIND]
+
+    def __post_init__(self):
+        _require(
+            (self.path is None) != (self.synth is None),
+            "path",
+            "set either path (with root: a record file) or synth (a synthetic task), not both or neither",
+        )
+        if self.synth is not None:
+            _require(self.root is None, "root", "goes with path, not with synth")
+        else:
+            _require(self.root is not None, "root", "is required with path")
+            _require_path(self.path, "path", "record file")
+            _require(Path(self.root).is_dir(), "root", f"directory {self.root} does not exist")
         _require(self.weight > 0, "weight", "must be > 0")
-        if self.name is None:
+        if self.name is None and self.synth is not None:
+            self.name = "_".join(filter(None, ("synth", self.synth.task, self.synth.kind)))
+        elif self.name is None:
             self.name = Path(self.path).stem
 
 
@@ -249,8 +298,16 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (tp,) = [a for a in args if a is not type(None)]
-        return _convert(value, tp, key)
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _convert(value, options[0], key)
+        for option in options:  # plain types only: the first that fits
+            try:
+                return _convert(value, option, key)
+            except ConfigError:
+                pass
+        kinds = " or ".join(_type_name(o) for o in options)
+        raise ConfigError(f"{key}: expected {kinds}, got {type(value).__name__} {value!r}")
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, f"{key}.")
     if origin is list and isinstance(value, list):

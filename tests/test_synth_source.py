@@ -1,0 +1,160 @@
+"""The synthetic world as training data: samples, prompts, answers, frames, and the config entries."""
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from test_records import fake_tokenize
+
+from timeviper.data import IGNORE_INDEX, VISION_SLOT_ID, Sample, Skipped, SynthDataset, build_train_data
+from timeviper.data.synth_source import conversation, sample_frames, task_prompt
+from timeviper.errors import ConfigError
+from timeviper.eval.metrics import caption_scene_f1, parse_option_letter, parse_time_span
+from timeviper.prompts import TextTokenizer, encode_conversation, encode_prompt
+from timeviper.synth import make_item, make_video, render_frames, write_mp4
+from timeviper.synth.tokenizer import train_tokenizer
+from timeviper.train.config import SynthConfig, config_from_dict
+from timeviper.video import load_video
+
+TOKENS_PER_FRAME = 4
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return TextTokenizer(train_tokenizer(vocab_size=1024), "timeviper")
+
+
+def dataset(tokenizer, task, *, kind=None, frames=(8, 40), max_tokens=4096, max_frames=16, seeds=(100, 120)):
+    spec = SynthConfig(task, seeds, list(frames), size=32, kind=kind)
+    return SynthDataset(f"synth_{task}", spec, tokenize=partial(encode_conversation, tokenizer),
+                        tokens_per_frame=TOKENS_PER_FRAME, max_tokens=max_tokens, max_frames=max_frames)
+
+
+def same(a: Sample, b: Sample) -> bool:
+    return (a.id == b.id and torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+            and torch.equal(a.frames, b.frames) and (a.vision_span, a.instruction_end) == (b.vision_span, b.instruction_end))
+
+
+def test_each_index_is_one_seed_deterministically(tokenizer):
+    ds = dataset(tokenizer, "mcq")
+    assert len(ds) == 20
+    a, b = ds[3], dataset(tokenizer, "mcq")[3]
+    assert isinstance(a, Sample) and same(a, b) and a.id.startswith("mcq-103-")
+    assert ds[4].id.startswith("mcq-104-") and not same(ds[4], a)
+    with pytest.raises(IndexError):
+        ds[20]
+
+
+@pytest.mark.parametrize("task", ["mcq", "tvg", "caption"])
+def test_the_sample_is_the_inference_prompt_then_the_parsable_answer(tokenizer, task):
+    ds = dataset(tokenizer, task)
+    for index in range(4):
+        s = ds[index]
+        _, item = ds.item(index)
+        prompt = encode_prompt(tokenizer, task_prompt(item))
+        n = s.frames.shape[0] * TOKENS_PER_FRAME
+        at = prompt.vision_at
+        assert s.vision_span == (at, at + n) and s.instruction_end == len(prompt.ids) + n
+        assert s.input_ids[: s.instruction_end].tolist() == prompt.ids[:at] + [VISION_SLOT_ID] * n + prompt.ids[at:]
+        learnt = s.labels[s.labels != IGNORE_INDEX].tolist()
+        assert learnt == s.input_ids[s.instruction_end :].tolist()
+        answer = tokenizer.decode(learnt)  # the end-of-turn token is special: decoding drops it
+        if task == "mcq":
+            assert parse_option_letter(answer) == item["answer"]
+        elif task == "tvg":
+            assert parse_time_span(answer) == (item["start"], item["end"])
+        else:
+            assert answer == item["caption"] and caption_scene_f1(answer, item["caption"]) == 1.0
+
+
+def test_conversation_and_prompts():
+    _, item = make_item("tvg", 5, 60)
+    human, gpt = conversation(item)
+    assert human == {"from": "human", "value": "<video>\n" + task_prompt(item)} and item["query"] in human["value"]
+    assert gpt["value"] == f"{item['start']:.1f} - {item['end']:.1f} seconds"
+    with pytest.raises(ConfigError, match="unknown task 'qa'"):
+        task_prompt({"id": "x", "task": "qa"})
+
+
+def test_frames_are_those_load_video_decodes(tmp_path):
+    spec = make_video(7, 50, size=32)
+    path = write_mp4(spec, tmp_path / "v.mp4")
+    for sampling in ("uniform", "first"):
+        times = load_video(path, max_frames=12, sampling=sampling).timestamps.round().long()
+        assert np.array_equal(sample_frames(spec, 12, sampling), render_frames(spec)[times.numpy()])
+    assert sample_frames(spec).shape == (50, 32, 32, 3)  # no cap: every second
+    assert np.array_equal(sample_frames(spec, fps=0.5), render_frames(spec)[::2])
+
+
+def test_long_videos_are_subsampled_and_too_long_ones_skipped(tokenizer):
+    s = dataset(tokenizer, "caption", frames=(30, 30), max_frames=10)[0]
+    assert s.frames.shape == (10, 32, 32, 3)
+    skipped = dataset(tokenizer, "caption", frames=(30, 30), max_frames=10, max_tokens=40)[0]
+    assert isinstance(skipped, Skipped) and skipped.reason == "too_long" and "synth_caption#0" in skipped.detail
+
+
+def test_make_item_asks_a_chosen_kind():
+    assert make_item("mcq", 3, 200) == make_item("mcq", 3, 200, kind=None)
+    seed = next(s for s in range(100) if make_video(s, 200).needle)
+    _, item = make_item("mcq", seed, 200, kind="needle")
+    assert item["kind"] == "needle" and "only a few seconds" in item["question"]
+    with pytest.raises(ConfigError, match="has no 'needle' question"):
+        make_item("mcq", seed, 60, kind="needle")  # too short for a needle
+    with pytest.raises(ConfigError, match="for mcq items only"):
+        make_item("tvg", seed, 200, kind="needle")
+
+
+def test_a_kind_is_asked_where_the_video_has_one(tokenizer):
+    ds = dataset(tokenizer, "mcq", kind="needle", frames=(120, 200), seeds=(0, 30))
+    kinds = [ds.item(i)[1]["kind"] for i in range(len(ds))]
+    has_needle = [ds.item(i)[0].needle is not None for i in range(len(ds))]
+    assert any(has_needle) and not all(has_needle)
+    assert all((k == "needle") == n for k, n in zip(kinds, has_needle))
+
+
+def config(*datasets, **data):
+    return {
+        "model": {"tiny": {}},
+        "train": {"max_steps": 2, "global_batch_tokens": 512, "micro_batch_tokens": 512},
+        "data": {"datasets": list(datasets), "num_workers": 0, "max_frames": 8, **data},
+    }
+
+
+def test_synth_entries_build_the_training_stream():
+    cfg = config_from_dict(config({"synth": {"task": "mcq", "seeds": [0, 50], "frames": 6, "size": 16}},
+                                  {"synth": {"task": "caption", "seeds": [0, 50], "frames": [4, 20], "size": 16},
+                                   "weight": 2}))
+    assert [d.name for d in cfg.data.datasets] == ["synth_mcq", "synth_caption"]
+    stream = build_train_data(cfg, tokenize=fake_tokenize, tokens_per_frame=TOKENS_PER_FRAME)
+    batch = next(stream)
+    assert batch["sample_ids"] and all(f.shape[1:] == (16, 16, 3) and len(f) <= 8 for f in batch["frames"])
+    assert stream.state_dict()["datasets"] == ["synth_mcq", "synth_caption"]
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"synth": {"task": "mcq", "seeds": [999_000, 1_000_001], "frames": 8}}, r"synth.seeds: \[999000, 1000001\) must"),
+        ({"synth": {"task": "mcq", "seeds": [1_100_000, 1_100_010], "frames": 8}}, r"synth.seeds: .* train split"),
+        ({"synth": {"task": "mcq", "seeds": [5, 5], "frames": 8}}, r"synth.seeds: .* non-empty"),
+        ({"synth": {"task": "qa", "seeds": [0, 5], "frames": 8}}, r"synth.task: must be one of mcq, tvg, caption"),
+        ({"synth": {"task": "mcq", "seeds": [0, 5], "frames": [9, 3]}}, r"synth.frames: must be a length"),
+        ({"synth": {"task": "mcq", "seeds": [0, 5], "frames": "long"}}, r"synth.frames: expected an integer or a list"),
+        ({"synth": {"task": "tvg", "seeds": [0, 5], "frames": 8, "kind": "needle"}}, r"synth.kind: is for mcq only"),
+        ({"synth": {"task": "mcq", "seeds": [0, 5], "frames": 8, "size": 8}}, r"synth.size: must be >= 16"),
+        ({"synth": {"task": "mcq", "seeds": [0, 5]}}, r"synth.frames: is required"),
+        ({"synth": {"task": "mcq", "seeds": [0, 5], "frames": 8}, "path": "x.jsonl"}, r"path: set either path"),
+        ({"weight": 2}, r"path: set either path"),
+        ({"synth": {"task": "mcq", "seeds": [0, 5], "frames": 8}, "root": "."}, r"root: goes with path"),
+    ],
+)
+def test_synth_entry_errors_name_the_key(entry, message):
+    with pytest.raises(ConfigError, match=r"data.datasets\[0\]." + message):
+        config_from_dict(config(entry))
+
+
+def test_a_synth_config_survives_to_dict():
+    cfg = config_from_dict(config({"synth": {"task": "mcq", "seeds": [0, 5], "frames": [8, 16], "kind": "needle"}}))
+    again = config_from_dict(cfg.to_dict())
+    assert again.data.datasets[0] == cfg.data.datasets[0] and again.data.datasets[0].name == "synth_mcq_needle"
