@@ -136,3 +136,15 @@ def test_stop_strings_end_generation(model):
     stop = full[2:4]
     cut = model.chat(frames(4), "Go on.", max_new_tokens=12, stop=[stop])
     assert cut == full[:full.find(stop)].strip()
+
+
+def test_weights_saved_in_bfloat16_load_as_their_rounded_values(model, tmp_path):
+    from safetensors import safe_open
+
+    model.save_pretrained(tmp_path, dtype=torch.bfloat16)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    loaded = TimeViper.from_pretrained(tmp_path)
+    assert loaded.dtype == torch.float32
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a.to(torch.bfloat16).float(), b), name

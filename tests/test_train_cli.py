@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from test_eval_runner import TINY
 
 from timeviper.cli import main
@@ -68,3 +69,30 @@ def test_the_synthetic_recipes(name):
     if name == "embedded":
         assert 3e6 < sum(p.numel() for p in model.parameters()) < 10e6
         assert config.data.max_frames == 256 and any(d.synth.kind == "needle" for d in config.data.datasets)
+
+
+def test_export_a_checkpoint(tmp_path, capsys):
+    config, out = tiny_config(tmp_path / "tiny.yaml"), tmp_path / "run"
+    assert main(["train", "--config", str(config), "--output", str(out), "--max-steps", "2"]) == 0
+    assert main(["export", str(out), "--out", str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+    assert "checkpoint-2" in capsys.readouterr().out
+    trained = load_file(out / "checkpoint-2" / "model.safetensors")
+    exported = TimeViper.from_pretrained(tmp_path / "bf16").state_dict()
+    assert trained.keys() <= exported.keys() and all(
+        torch.equal(t.to(torch.bfloat16).float(), exported[k]) for k, t in trained.items())
+
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "none")]) == 1
+    assert "neither a complete training checkpoint nor a run directory" in capsys.readouterr().err
+    tree = yaml.safe_load(config.read_text())
+    tree["train"]["trainable"] = ["projector", "llm", "transv"]  # the random SigLIP would not be saved
+    frozen = tmp_path / "frozen"
+    assert main(["train", "--config", str(write(tmp_path / "frozen.yaml", tree)), "--output", str(frozen),
+                 "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(frozen), "--out", str(tmp_path / "partial")]) == 1
+    assert "lacks trainable parameters: vision." in capsys.readouterr().err
+
+
+def write(path: Path, tree: dict) -> Path:
+    path.write_text(yaml.safe_dump(tree))
+    return path

@@ -1,4 +1,4 @@
-"""The `timeviper` command line: ask, ground, caption, demo, synth, score, train, eval.
+"""The `timeviper` command line: ask, ground, caption, demo, synth, score, train, export, eval.
 
 Errors print one line on stderr and exit with 1 (usage errors: 2).
 """
@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from timeviper.errors import TimeViperError
+
+DTYPES = ("float32", "bfloat16")  # of exported weights
 
 
 # --- questions about a video -------------------------------------------------------------------------------
@@ -100,10 +102,12 @@ def cmd_demo(args) -> None:
 def cmd_train(args) -> None:
     from functools import partial
 
+    import torch
+
     from timeviper.data import build_train_data
     from timeviper.prompts import encode_conversation
     from timeviper.train import Trainer, load_config
-    from timeviper.train.build import build_model
+    from timeviper.train.build import build_model, export_checkpoint
     from timeviper.train.distributed import close_distributed, init_distributed
 
     config = load_config(args.config)
@@ -116,10 +120,19 @@ def cmd_train(args) -> None:
                                 world_size=env.world_size)
         trainer = Trainer(config, model, data, args.output, blocks=list(model.llm.layers))
         trainer.fit(max_steps=args.max_steps, resume=args.resume)
-        if env.is_main and args.export:
-            model.save_pretrained(args.export)
+        if env.is_main and args.export:  # from the checkpoint written at the stop: no gathering of shards
+            export_checkpoint(args.output, args.export, getattr(torch, args.export_dtype))
     finally:
         close_distributed()
+
+
+def cmd_export(args) -> None:
+    import torch
+
+    from timeviper.train.build import export_checkpoint
+
+    used = export_checkpoint(args.checkpoint, args.out, getattr(torch, args.dtype))
+    print(f"wrote the model of {used} to {args.out}")
 
 
 def cmd_eval(args) -> None:
@@ -190,7 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this step (the schedule is unchanged)")
     p.add_argument("--export", default=None, help="also save the trained model as a TimeViper directory")
+    p.add_argument("--export-dtype", choices=DTYPES, default="float32",
+                   help="dtype of the exported weights (bfloat16: half the size)")
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("export", help="write a training checkpoint as a TimeViper model directory")
+    p.add_argument("checkpoint", help="a checkpoint-STEP directory, or a run directory (its newest checkpoint)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the weights")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("eval", help="evaluate on a benchmark")
     p.add_argument("benchmark")

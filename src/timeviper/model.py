@@ -240,10 +240,14 @@ class TimeViper(nn.Module):
                              progress=progress, **generation)[0]
 
     # --- checkpoints ---------------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path, max_shard_bytes: int = 5 * 2**30) -> None:
+    def save_pretrained(self, path: str | Path, max_shard_bytes: int = 5 * 2**30, dtype: torch.dtype | None = None) -> None:
+        """Write config.json, the weights (as `dtype`, default: as they are) and the tokenizer to `path`."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        write_safetensors(self.state_dict(), path, max_shard_bytes)
+        weights = self.state_dict()
+        if dtype is not None:
+            weights = {k: t.to(dtype) if t.is_floating_point() else t for k, t in weights.items()}
+        write_safetensors(weights, path, max_shard_bytes)
         if self.tokenizer is not None:
             self.tokenizer.save(path)
         write_json(path / "config.json", self.config.to_dict())

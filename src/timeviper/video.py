@@ -79,10 +79,10 @@ def _open(path, fps, max_frames, sampling) -> tuple[_Reader, np.ndarray]:
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(f"path must be a file path, got {type(path).__name__}")
     reader = _Reader(os.fspath(path))
-    return reader, _targets(reader.duration, fps, max_frames, sampling)
+    return reader, sample_times(reader.duration, fps, max_frames, sampling)
 
 
-def _targets(duration: float, fps: float, max_frames: int | None, sampling: str) -> np.ndarray:
+def sample_times(duration: float, fps: float, max_frames: int | None, sampling: str) -> np.ndarray:
     """Sample times in seconds: the grid k / fps over [0, duration), thinned to max_frames."""
     count = max(1, math.ceil(duration * fps - _EPS))  # a still image or a one-frame video has one
     if max_frames is None or count <= max_frames:

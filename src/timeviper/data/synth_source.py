@@ -23,7 +23,7 @@ from timeviper.errors import ConfigError
 from timeviper.prompts import CAPTION_PROMPT, VIDEO_PLACEHOLDER, grounding_prompt, mcq_prompt
 from timeviper.synth import VideoSpec, iter_items, render_frames
 from timeviper.synth.world import FPS
-from timeviper.video import _targets as sample_times
+from timeviper.video import sample_times
 
 if TYPE_CHECKING:
     from timeviper.train.config import SynthConfig

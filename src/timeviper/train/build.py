@@ -1,14 +1,20 @@
-"""The model a training config asks for: from HF parts, a TimeViper directory, or a tiny random config."""
+"""The model a training config asks for (from HF parts, a TimeViper directory, or a tiny random config),
+and a training checkpoint exported as a TimeViper directory."""
 
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
-from timeviper.errors import ConfigError
+import torch
+
+from timeviper.errors import CheckpointError, ConfigError
 from timeviper.llm.config import LMConfig
 from timeviper.model import TimeViper, TimeViperConfig
 from timeviper.prompts import TextTokenizer
-from timeviper.train.config import Config
+from timeviper.train.checkpoint import MARKER, latest_checkpoint, load_model_weights
+from timeviper.train.config import Config, load_config
+from timeviper.train.distributed import DistEnv
 
 
 def tiny_model(spec: dict, transv: str | None) -> TimeViper:
@@ -43,3 +49,23 @@ def build_model(config: Config) -> TimeViper:
         model = tiny_model(m.tiny, m.transv)
     model.vision.trainable = "vision" in config.train.trainable
     return model
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write the model of a training checkpoint (or of the newest one in a run directory) to `out` as a
+    TimeViper directory, weights as `dtype` (default fp32); returns the checkpoint used.
+
+    The model is built afresh from the checkpoint's config.yaml (frozen parts from their pretrained
+    directories) and receives the checkpoint's trained weights, in one process on the CPU.
+    """
+    checkpoint = Path(checkpoint)
+    found = checkpoint if (checkpoint / MARKER).is_file() else latest_checkpoint(checkpoint)
+    if found is None:
+        raise CheckpointError(f"{checkpoint} is neither a complete training checkpoint nor a run directory holding one")
+    config = load_config(found / "config.yaml")
+    model = build_model(config)
+    random_init = config.model.tiny is not None  # no pretrained source: every weight must be in the checkpoint
+    model.requires_grad_(random_init)
+    load_model_weights(model, found, DistEnv(0, 0, 1, torch.device("cpu")), require_all=random_init)
+    model.save_pretrained(out, dtype=dtype)
+    return found
