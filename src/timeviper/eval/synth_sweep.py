@@ -1,0 +1,209 @@
+"""Quality on the synthetic world's test split across video lengths and TransV settings; no video files.
+
+    python -m timeviper.eval.synth_sweep --tasks mcq,tvg,needle --frames 256,2000,10000 --items 50 \
+        --transv default,none,uni_7_0.5 --out runs/sweep.json --plot runs/sweep.png [--model DIR] [--max-frames 1024]
+
+A cell (transv, task, length) asks the model about the first --items usable test seeds from 1,100,000 +
+--seed-offset (needle: mcq questions about the needle scene, so seeds whose video has none are passed
+over), the same seeds under every TransV setting, so settings compare paired. Frames are rendered in
+memory at 1 fps, exactly those load_video would decode from the item's MP4 (sample_frames). `default` is
+the model's TransV as loaded, `none` turns it off, anything else is a spec for TimeViper.set_transv; the
+model is loaded afresh for each setting, so trained TransV weights are never lost by switching.
+
+OUT is JSON, rewritten after each cell, so a rerun with the same OUT skips the cells it holds (its
+settings must match):
+
+    {"settings": {"model", "items", "seed_offset", "max_frames", "size"},
+     "cells": [{"transv", "spec", "task", "frames", "n", "metrics", "seconds", "seconds_per_item",
+                "frames_per_item", "seeds"}, ...]}
+
+`spec` is the TransV spec in effect, `metrics` what timeviper.eval.metrics.score returns, `seconds` the
+model's time (runner.predict's, rendering excluded), `frames_per_item` the frames it read per item.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from timeviper.data.synth_source import sample_frames
+from timeviper.errors import ConfigError, TimeViperError
+from timeviper.eval import runner
+from timeviper.eval.metrics import score
+from timeviper.synth import make_item, make_video, split_range
+from timeviper.synth.world import MIN_SIZE, NEEDLE_MIN_FRAMES, check_int
+from timeviper.transv import parse_transv
+
+HEADLINE = {"mcq": "accuracy", "needle": "accuracy", "tvg": "miou", "caption": "scene_f1"}  # task -> metric
+
+
+def parse_list(text: str, flag: str) -> list[str]:
+    values = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if not values:
+        raise ConfigError(f"{flag} is empty")
+    return values
+
+
+def parse_grid(args) -> tuple[list[str], list[str], list[int]]:
+    """(transv settings, tasks, lengths) of the arguments, checked."""
+    tasks = parse_list(args.tasks, "--tasks")
+    unknown = [t for t in tasks if t not in HEADLINE]
+    if unknown:
+        raise ConfigError(f"unknown task {unknown[0]!r} in --tasks; expected some of {', '.join(HEADLINE)}")
+    words = parse_list(args.frames, "--frames")
+    if not all(w.isdecimal() and int(w) > 0 for w in words):
+        raise ConfigError(f"--frames must be positive whole seconds, comma separated; got {args.frames!r}")
+    lengths = [int(w) for w in words]
+    if "needle" in tasks and min(lengths) < NEEDLE_MIN_FRAMES:
+        raise ConfigError(f"needle cells need videos of at least {NEEDLE_MIN_FRAMES} frames (shorter ones have "
+                          f"no needle scene); got {min(lengths)}")
+    transv = parse_list(args.transv, "--transv")
+    for spec in transv:
+        if spec != "default":
+            parse_transv(spec)
+    for flag, value, least in (("--items", args.items, 1), ("--seed-offset", args.seed_offset, 0),
+                               ("--size", args.size, MIN_SIZE)):
+        check_int(flag, value, least)
+    if args.max_frames is not None:
+        check_int("--max-frames", args.max_frames, 1)
+    return transv, tasks, lengths
+
+
+def sweep_items(task: str, frames: int, count: int, offset: int, size: int) -> list:
+    """(spec, item) of the first `count` test seeds from the split's start + offset that can ask `task`."""
+    start = split_range("test").start + offset
+    if task != "needle":
+        return [make_item(task, seed, frames, size) for seed in range(start, start + count)]
+    with_needle = (seed for seed in itertools.count(start) if make_video(seed, frames, size).needle)
+    return [make_item("mcq", seed, frames, size, kind="needle") for seed in itertools.islice(with_needle, count)]
+
+
+def run_cell(model, task: str, frames: int, args, bar) -> dict:
+    """The metrics and timings of one (task, length) under the model's current TransV."""
+    items = sweep_items(task, frames, args.items, args.seed_offset, args.size)
+    records = []
+    for spec, item in items:
+        video = torch.from_numpy(sample_frames(spec, args.max_frames, "uniform"))
+        records.append(runner.predict(model, video, item))
+        bar.update()
+    seconds = sum(r["seconds"] for r in records)
+    return {"spec": model.config.transv, "task": task, "frames": frames, "n": len(records),
+            "metrics": score(items[0][1]["task"], records, [item for _, item in items]),
+            "seconds": round(seconds, 3), "seconds_per_item": round(seconds / len(records), 3),
+            "frames_per_item": sum(r["frames"] for r in records) / len(records),
+            "seeds": [item["seed"] for _, item in items]}
+
+
+def load_results(path: Path, settings: dict) -> dict:
+    """The sweep file at `path` (or a new one), refused if it was made with other settings."""
+    if not path.exists():
+        return {"settings": settings, "cells": []}
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read --out {path}: {e}") from None
+    if not (isinstance(results, dict) and isinstance(results.get("settings"), dict)
+            and isinstance(results.get("cells"), list)):
+        raise ConfigError(f"--out {path} is not a sweep file (it lacks settings or cells)")
+    old = results["settings"]
+    if old != settings:
+        changed = ", ".join(f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in settings if old.get(k) != settings[k])
+        raise ConfigError(f"--out {path} holds a sweep with other settings ({changed or old}); "
+                          "use those settings or another --out")
+    return results
+
+
+def cell_key(cell: dict) -> tuple[str, str, int]:
+    return cell["transv"], cell["task"], cell["frames"]
+
+
+def sweep(args) -> list[dict]:
+    """Run the cells of the grid that `args.out` lacks; return every cell of the grid."""
+    from tqdm import tqdm
+
+    from timeviper.cli import load_model
+
+    transv, tasks, lengths = parse_grid(args)
+    settings = {"model": args.model and str(Path(args.model).resolve()), "items": args.items,
+                "seed_offset": args.seed_offset, "max_frames": args.max_frames, "size": args.size}
+    out = Path(args.out)
+    results = load_results(out, settings)
+    found = {cell_key(cell): cell for cell in results["cells"]}
+    grid = list(itertools.product(transv, tasks, lengths))
+    todo = [key for key in grid if key not in found]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(todo) * args.items, unit="item", file=sys.stderr) as bar:
+        for setting, keys in itertools.groupby(todo, key=lambda key: key[0]):
+            model = load_model(argparse.Namespace(model=args.model, device=args.device,
+                                                  transv=None if setting == "default" else setting))
+            for key in keys:
+                bar.set_description(" ".join(map(str, key)))
+                found[key] = {"transv": setting, **run_cell(model, *key[1:], args, bar)}
+                results["cells"].append(found[key])
+                runner.write_atomic(out, json.dumps(results, indent=1) + "\n")
+            del model  # before the next setting's model is loaded
+    return [found[key] for key in grid]
+
+
+def print_table(cells: list[dict]) -> None:
+    print(f"{'task':<8} {'frames':>7}  {'transv':<24} {'metric':<9} {'value':>6} {'n':>5} {'s/item':>8}")
+    for c in cells:
+        metric = HEADLINE[c["task"]]
+        print(f"{c['task']:<8} {c['frames']:>7}  {c['transv']:<24} {metric:<9} {c['metrics'][metric]:>6.3f} "
+              f"{c['n']:>5} {c['seconds_per_item']:>8.3f}")
+
+
+def plot(cells: list[dict], path) -> None:
+    """The headline metric of each task against video length, one line per TransV setting."""
+    from matplotlib.figure import Figure  # no pyplot: the figure renders through Agg
+
+    tasks, lengths = list(dict.fromkeys(c["task"] for c in cells)), sorted({c["frames"] for c in cells})
+    fig = Figure(figsize=(4 * len(tasks), 3.5), layout="constrained")
+    for ax, task in zip(fig.subplots(1, len(tasks), squeeze=False)[0], tasks):
+        for setting in dict.fromkeys(c["transv"] for c in cells):
+            points = sorted((c["frames"], c["metrics"][HEADLINE[task]]) for c in cells
+                            if c["task"] == task and c["transv"] == setting)
+            ax.plot(*zip(*points), marker="o", label=setting)
+        ax.set(title=task, xscale="log", xlabel="video length (frames at 1 fps)", ylabel=HEADLINE[task],
+               ylim=(-0.02, 1.02))
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.minorticks_off()
+        ax.legend(fontsize="small")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m timeviper.eval.synth_sweep",
+                                     description="Quality on synthetic test videos by length and TransV setting.")
+    parser.add_argument("--model", help="a TimeViper directory (default: the embedded model)")
+    parser.add_argument("--tasks", default="mcq,tvg,caption,needle", help="comma list of mcq, tvg, caption, needle")
+    parser.add_argument("--frames", default="256,2000,10000", help="comma list of video lengths in seconds (1 fps)")
+    parser.add_argument("--items", type=int, default=20, help="items per (task, length)")
+    parser.add_argument("--seed-offset", type=int, default=0, help="first seed: the test split's start + this")
+    parser.add_argument("--transv", default="default,none",
+                        help="comma list of TransV specs; default: the model's own, none: off")
+    parser.add_argument("--max-frames", type=int, help="frames read per video, spread uniformly (default: all)")
+    parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    parser.add_argument("--device", help="default: cuda if available (bf16), else cpu (fp32)")
+    parser.add_argument("--out", required=True, help="results JSON; a rerun skips the cells it holds")
+    parser.add_argument("--plot", help="PNG of the headline metric per task against video length")
+    args = parser.parse_args(argv)
+    try:
+        cells = sweep(args)
+    except TimeViperError as e:
+        print(f"timeviper: error: {e}", file=sys.stderr)
+        return 1
+    print_table(cells)
+    if args.plot:
+        plot(cells, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The synthetic sweep on a tiny random TimeViper: its cells, frames, needles, resume, settings, plot, errors."""
+
+import json
+
+import pytest
+import torch
+from test_eval_runner import model_dir  # noqa: F401 (a fixture)
+
+from timeviper.eval import runner
+from timeviper.eval.synth_sweep import main
+from timeviper.model import TimeViper
+from timeviper.synth import make_item, make_video, render_frames, write_mp4
+from timeviper.video import load_video
+
+FIRST_TEST_SEED = 1_100_000
+
+
+def sweep(model_dir, out, *extra):
+    return main(["--model", str(model_dir), "--device", "cpu", "--size", "32", "--out", str(out), *extra])
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """(model, item, frames) of every prediction the sweep makes (each still made by runner.predict)."""
+    seen, real = [], runner.predict
+
+    def spy(model, video, item, *args):
+        seen.append((model, item, video))
+        return real(model, video, item, *args)
+
+    monkeypatch.setattr(runner, "predict", spy)
+    return seen
+
+
+def test_every_cell_is_written_with_paired_seeds(model_dir, tmp_path, calls, capsys):
+    out, png = tmp_path / "sweep.json", tmp_path / "plots" / "sweep.png"
+    assert sweep(model_dir, out, "--tasks", "mcq,tvg", "--frames", "8,12", "--items", "2",
+                 "--transv", "none,default", "--plot", str(png)) == 0
+    results = json.loads(out.read_text())
+    assert results["settings"] == {"model": str(model_dir.resolve()), "items": 2, "seed_offset": 0,
+                                   "max_frames": None, "size": 32}
+    cells = results["cells"]
+    assert [(c["transv"], c["task"], c["frames"]) for c in cells] == [
+        (transv, task, frames) for transv in ("none", "default") for task in ("mcq", "tvg") for frames in (8, 12)]
+    for c in cells:
+        assert c["n"] == c["metrics"]["n"] == 2 and c["seeds"] == [FIRST_TEST_SEED, FIRST_TEST_SEED + 1]
+        assert {"mcq": "accuracy", "tvg": "miou"}[c["task"]] in c["metrics"] and c["frames_per_item"] == c["frames"]
+        assert c["spec"] == {"none": "none", "default": "uni_0_0.5-attn_2_0.5"}[c["transv"]]
+        assert 0 <= c["seconds_per_item"] <= c["seconds"]
+    assert len(calls) == 16 and not (tmp_path / "sweep.json.tmp").exists()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 9 and table[1].split()[:-1] == ["mcq", "8", "none", "accuracy", "0.000", "2"]
+
+    # `default` after `none`: the TransV modules as trained, not fresh ones of the same spec
+    loaded = TimeViper.from_pretrained(model_dir).transv.state_dict()
+    used = next(model for model, _, _ in calls if model.config.transv != "none").transv.state_dict()
+    assert used.keys() == loaded.keys() and all(torch.equal(used[k], loaded[k]) for k in loaded)
+
+
+def test_frames_are_those_load_video_decodes_from_the_items_mp4(model_dir, tmp_path, calls):
+    assert sweep(model_dir, tmp_path / "sweep.json", "--tasks", "tvg", "--frames", "12", "--items", "1",
+                 "--transv", "none", "--max-frames", "5") == 0
+    ((_, item, frames),) = calls
+    spec, same = make_item("tvg", FIRST_TEST_SEED, 12, 32)
+    times = load_video(write_mp4(spec, tmp_path / "v.mp4"), max_frames=5).timestamps.round().long()
+    assert same == item and frames.dtype == torch.uint8 and frames.shape == (5, 32, 32, 3)
+    assert torch.equal(frames, torch.from_numpy(render_frames(spec)[times.numpy()]))
+
+
+def test_needle_cells_ask_about_needles_only(model_dir, tmp_path, calls):
+    out = tmp_path / "sweep.json"
+    assert sweep(model_dir, out, "--tasks", "needle", "--frames", "120", "--items", "3", "--transv", "none",
+                 "--max-frames", "6") == 0
+    ((cell,),) = [json.loads(out.read_text())["cells"]]
+    with_needle = [s for s in range(FIRST_TEST_SEED, FIRST_TEST_SEED + 50) if make_video(s, 120).needle][:3]
+    assert cell["seeds"] == with_needle != list(range(FIRST_TEST_SEED, FIRST_TEST_SEED + 3))  # some are passed over
+    assert [item["kind"] for _, item, _ in calls] == ["needle"] * 3
+    assert cell["metrics"]["task"] == "mcq" and cell["metrics"]["accuracy_by_kind"].keys() == {"needle"}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_run_keeps_its_cells_and_a_rerun_does_the_rest(model_dir, tmp_path, monkeypatch):
+    out, args = tmp_path / "sweep.json", ("--tasks", "mcq", "--items", "2", "--transv", "default,none")
+    calls, real = [], runner.predict
+
+    def predict(model, video, item):
+        calls.append((model.config.transv, item["frames"]))
+        if len(calls) == 3:
+            raise Killed  # in the second cell
+        return real(model, video, item)
+
+    def keys():
+        return [(c["transv"], c["frames"]) for c in json.loads(out.read_text())["cells"]]
+
+    monkeypatch.setattr(runner, "predict", predict)
+    with pytest.raises(Killed):
+        sweep(model_dir, out, "--frames", "8,12", *args)
+    assert keys() == [("default", 8)]
+
+    assert sweep(model_dir, out, "--frames", "8,12", *args) == 0
+    default = "uni_0_0.5-attn_2_0.5"
+    assert calls[3:] == [(default, 12)] * 2 + [("none", 8)] * 2 + [("none", 12)] * 2
+    assert keys() == [("default", 8), ("default", 12), ("none", 8), ("none", 12)]
+
+    assert sweep(model_dir, out, "--frames", "12,16,8", *args) == 0  # a longer video: only its cells run
+    assert calls[9:] == [(default, 16)] * 2 + [("none", 16)] * 2 and keys()[4:] == [("default", 16), ("none", 16)]
+
+    monkeypatch.setattr("timeviper.cli.load_model", lambda args: pytest.fail("loaded a model"))
+    assert sweep(model_dir, out, "--frames", "8,16", *args) == 0 and len(calls) == 13
+
+
+def test_other_settings_are_refused(model_dir, tmp_path, capsys):
+    out, args = tmp_path / "sweep.json", ("--tasks", "mcq", "--frames", "8", "--items", "1", "--transv", "none")
+    assert sweep(model_dir, out, *args) == 0
+    before = out.read_text()
+    for change, named in [(("--items", "2"), "items 1 -> 2"), (("--seed-offset", "3"), "seed_offset 0 -> 3"),
+                          (("--max-frames", "4"), "max_frames None -> 4"), (("--size", "64"), "size 32 -> 64")]:
+        capsys.readouterr()
+        assert sweep(model_dir, out, *args, *change) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("timeviper: error: ") and err.count("\n") == 1 and named in err and "other settings" in err
+    assert main(["--model", str(tmp_path), "--out", str(out), *args]) == 1  # another model, refused before loading
+    assert "other settings (model " in capsys.readouterr().err and out.read_text() == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "mcq,qa"], "unknown task 'qa'"),
+    (["--frames", "8,0"], "--frames must be positive whole seconds"),
+    (["--frames", "8,1.5"], "--frames must be positive whole seconds"),
+    (["--frames", " , "], "--frames is empty"),
+    (["--items", "0"], "--items must be an integer >= 1"),
+    (["--seed-offset", "-1"], "--seed-offset must be an integer >= 0"),
+    (["--max-frames", "0"], "--max-frames must be an integer >= 1"),
+    (["--size", "8"], "--size must be an integer >= 16"),
+    (["--tasks", "mcq,needle", "--frames", "200,60"], "at least 120 frames"),
+    (["--transv", "default,uni_0"], "bad TransV spec 'uni_0'"),
+])
+def test_bad_arguments(model_dir, tmp_path, capsys, argv, message):
+    assert sweep(model_dir, tmp_path / "sweep.json", "--tasks", "mcq", "--frames", "8", "--items", "1", *argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("timeviper: error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "sweep.json").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--transv", "uni_9_0.5"], "outside the LLM's 4 layers"),
+    (["--model", "missing-model"], "has no config.json"),
+])
+def test_models_that_cannot_run_the_setting(model_dir, tmp_path, capsys, argv, message):
+    assert sweep(model_dir, tmp_path / "sweep.json", "--tasks", "mcq", "--frames", "8", "--items", "1", *argv) == 1
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert last.startswith("timeviper: error: ") and message in last
+
+
+def test_unreadable_out_files(model_dir, tmp_path, capsys):
+    (tmp_path / "text.json").write_text("not JSON")
+    (tmp_path / "list.json").write_text("[]")
+    for out, message in [(tmp_path, "cannot read --out"), (tmp_path / "text.json", "cannot read --out"),
+                         (tmp_path / "list.json", "is not a sweep file")]:
+        assert sweep(model_dir, out, "--tasks", "mcq", "--frames", "8", "--items", "1") == 1
+        err = capsys.readouterr().err
+        assert err.startswith("timeviper: error: ") and err.count("\n") == 1 and message in err
