@@ -96,3 +96,34 @@ def test_export_a_checkpoint(tmp_path, capsys):
 def write(path: Path, tree: dict) -> Path:
     path.write_text(yaml.safe_dump(tree))
     return path
+
+
+def test_profiling_and_speed_metrics(tmp_path):
+    tree = yaml.safe_load(tiny_config(tmp_path / "tiny.yaml").read_text())
+    tree["logging"]["profile_steps"] = [2, 3]
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(write(tmp_path / "profiled.yaml", tree)), "--output", str(out)]) == 0
+    ops = (out / "profile" / "ops-rank-0.txt").read_text()
+    assert ops.startswith("steps 2-3") and "aten::" in ops
+    assert json.loads((out / "profile" / "trace-rank-0.json").read_text())["traceEvents"]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= m["data_wait"] < 1 and m["step_s"] > 0 and m["tokens"] > 0 for m in metrics)
+
+    tree["logging"]["profile_steps"] = [1, 3]
+    assert main(["train", "--config", str(write(tmp_path / "bad.yaml", tree)), "--output", str(tmp_path / "x")]) == 1
+
+
+def test_overrides_on_the_command_line(tmp_path, capsys):
+    config, out = tiny_config(tmp_path / "tiny.yaml"), tmp_path / "run"
+    assert main(["train", "--config", str(config), "--output", str(out), "--set", "train.max_steps=2",
+                 "--set", "optim.betas=[0.9, 0.95]", "--set", "logging.every=2"]) == 0
+    saved = yaml.safe_load((out / "checkpoint-2" / "config.yaml").read_text())
+    assert saved["train"]["max_steps"] == 2 and saved["optim"]["betas"] == [0.9, 0.95]
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [2]
+    for bad, message in [("train.max_step=2", "train.max_step: unknown key"),
+                         ("max_steps", "is not KEY=VALUE"),
+                         ("train.max_steps.x=1", "train.max_steps is not a mapping"),
+                         ("optim.lr=[", "not valid YAML")]:
+        capsys.readouterr()
+        assert main(["train", "--config", str(config), "--output", str(tmp_path / "x"), "--set", bad]) == 1
+        assert message in capsys.readouterr().err, bad

@@ -110,7 +110,7 @@ def cmd_train(args) -> None:
     from timeviper.train.build import build_model, export_checkpoint
     from timeviper.train.distributed import close_distributed, init_distributed
 
-    config = load_config(args.config)
+    config = load_config(args.config, args.set)
     env = init_distributed()
     try:
         model = build_model(config)
@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train from a YAML recipe (torchrun for several GPUs)")
     p.add_argument("--config", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.max_steps=3000 (repeatable)")
     p.add_argument("--output", default="runs/train")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this step (the schedule is unchanged)")

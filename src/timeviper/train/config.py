@@ -13,6 +13,7 @@ import json
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
@@ -206,9 +207,14 @@ class DataConfig:
 class LoggingConfig:
     every: int = 10  # steps between metrics.jsonl records
     tensorboard: bool = False  # also write TensorBoard events to OUTPUT/tensorboard
+    profile_steps: tuple[int, int] | None = None  # [first, last] steps to profile into OUTPUT/profile
 
     def __post_init__(self):
         _require(self.every >= 1, "every", "must be >= 1")
+        if self.profile_steps is not None:
+            first, last = self.profile_steps
+            _require(2 <= first <= last, "profile_steps", f"must be [first, last] with 2 <= first <= last "
+                     f"(step 1 warms up), got {list(self.profile_steps)}")
 
 
 @dataclass
@@ -257,8 +263,9 @@ class Config:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and check a YAML training config."""
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read and check a YAML training config, after `overrides` such as ``"train.max_steps=3000"``
+    (each value is read as YAML: ``optim.betas=[0.9, 0.95]``, ``model.transv=null``)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -266,7 +273,26 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    for override in overrides:
+        _override(data, override)
     return config_from_dict(data, source=str(path))
+
+
+def _override(tree: Any, assignment: str) -> None:
+    key, sep, text = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"override {assignment!r} is not KEY=VALUE with a dotted key, e.g. train.max_steps=100")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {assignment!r}: the value is not valid YAML: {e}") from None
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {}) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {assignment!r}: {'.'.join(parts[:-1])} is not a mapping in the config")
+    node[parts[-1]] = value
 
 
 def config_from_dict(data: Any, source: str = "<dict>") -> Config:

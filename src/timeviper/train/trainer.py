@@ -29,6 +29,7 @@ from timeviper.train.checkpoint import latest_checkpoint, load_checkpoint, load_
 from timeviper.train.config import Config
 from timeviper.train.distributed import all_reduce_sum, init_distributed, parallelize, print0
 from timeviper.train.logger import MetricsLogger, peak_flops
+from timeviper.train.profiling import step_profiler
 from timeviper.train.optim import build_optimizer, scale_and_clip_grads_, set_trainable
 from timeviper.train.schedule import Schedule
 
@@ -84,22 +85,25 @@ class Trainer:
             tensorboard=cfg.logging.tensorboard,
             enabled=self.env.is_main,
         )
-        tokens_since_log, clock = 0, time.perf_counter()
+        logged, tokens_since_log, waited, clock = step, 0, 0.0, time.perf_counter()
+        profiler = step_profiler(cfg.logging.profile_steps, step, self.output_dir, self.env)
         try:
-            while step < stop:
-                metrics = self._train_step(step)
-                step += 1
-                tokens_since_log += metrics["tokens"]
-                logger.advance()
-                if step % cfg.logging.every == 0 or step == stop:
-                    elapsed = time.perf_counter() - clock
-                    logger.log(
-                        {"step": step, **metrics, **self._rates(tokens_since_log, elapsed), **self._skips().summary()}
-                    )
-                    tokens_since_log, clock = 0, time.perf_counter()
-                if step % cfg.checkpoint.every == 0 or step == stop:
-                    self._save(step)
-                    clock = time.perf_counter()
+            with profiler:
+                while step < stop:
+                    metrics = self._train_step(step)
+                    profiler.step()
+                    step += 1
+                    tokens_since_log += metrics["tokens"]
+                    waited += metrics.pop("data_wait_s")
+                    logger.advance()
+                    if step % cfg.logging.every == 0 or step == stop:
+                        elapsed = time.perf_counter() - clock
+                        rates = self._rates(step - logged, tokens_since_log, elapsed, waited)
+                        logger.log({"step": step, **metrics, **rates, **self._skips().summary()})
+                        logged, tokens_since_log, waited, clock = step, 0, 0.0, time.perf_counter()
+                    if step % cfg.checkpoint.every == 0 or step == stop:
+                        self._save(step)
+                        clock = time.perf_counter()
         finally:
             logger.close()
         return step
@@ -134,9 +138,12 @@ class Trainer:
         device = self.env.device
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         loss_tokens = torch.zeros((), dtype=torch.float64, device=device)
-        tokens = 0
+        tokens, waited = 0, 0.0
         for _ in range(self.grad_accum):
-            batch = _to_device(next(self.train_data), device)
+            clock = time.perf_counter()
+            batch = next(self.train_data)
+            waited += time.perf_counter() - clock
+            batch = _to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._autocast):
                 loss, count = self.model.forward_train(batch)
             loss.backward()
@@ -153,10 +160,13 @@ class Trainer:
         metrics = {"loss": loss_sum / loss_tokens, "lr": self.config.optim.lr * factor}
         if self._has_transv:
             metrics["transv_lr"] = self.config.optim.transv_lr * factor
-        return {**metrics, "grad_norm": grad_norm, "tokens": int(tokens), "loss_tokens": int(loss_tokens)}
+        return {**metrics, "grad_norm": grad_norm, "tokens": int(tokens), "loss_tokens": int(loss_tokens),
+                "data_wait_s": waited}
 
-    def _rates(self, tokens: int, seconds: float) -> dict:
-        rates = {"tokens_per_s": tokens / seconds}
+    def _rates(self, steps: int, tokens: int, seconds: float, data_wait: float) -> dict:
+        """Speed over the last logging interval of `steps` steps; ``data_wait`` is the share of its time
+        (this rank's) spent waiting for batches: near 0 when data loading keeps up."""
+        rates = {"tokens_per_s": tokens / seconds, "step_s": seconds / steps, "data_wait": data_wait / seconds}
         peak = peak_flops(self.env.device)
         if peak and self._flops_per_token:
             rates["mfu"] = tokens / seconds / self.env.world_size * self._flops_per_token / peak
