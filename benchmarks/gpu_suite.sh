@@ -1,19 +1,44 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite, as run for docs/benchmarks.md. Results land in ${OUT:-benchmarks/results}.
-# Usage: bash benchmarks/gpu_suite.sh [llm] [vision] [tests] [capacity-tokens] [capacity-frames]
+# The GPU runs behind docs/benchmarks.md. Results land in ${OUT:-benchmarks/results}.
+# Usage: bash benchmarks/gpu_suite.sh STEP [STEP ...]
+#   llm vision tests capacity-tokens capacity-frames      speed, GPU tests, frames per GPU
+#   probe-embedded   24 steps of configs/embedded.yaml: step time, data wait, a profile of steps 20-22
+#   tiny-gpu         configs/tiny-gpu.yaml on one GPU (300 steps; the loss must fall)
+#   tiny-fsdp        the same on two GPUs (FSDP2), compared with tiny-gpu's losses
+#   train-throughput Nano-9B + so400m training speed and MFU over every GPU (FSDP2)
+#   triton-restore / triton-save   unpack .cache/triton.tgz into the Triton cache / pack it into OUT, so
+#                    that a fresh machine skips compiling and autotuning the kernels again
 set -uo pipefail
 out=${OUT:-benchmarks/results}
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
+train="python3 -m timeviper.cli train"
+gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
 for step in "$@"; do
   echo "=== $step"
   case $step in
     llm) timeout 270 python3 benchmarks/llm_throughput.py --out "$out/llm_throughput.json" ;;
     vision) timeout 120 python3 benchmarks/vision_throughput.py --seconds 1 --out "$out/vision_throughput.json" ;;
-    tests) timeout 150 python3 -m pytest -q -p no:cacheprovider --durations=5 -m gpu "${GPU_TESTS:-tests/}" ;;
+    tests) timeout 300 python3 -m pytest -q -p no:cacheprovider --durations=10 -m gpu "${GPU_TESTS:-tests/}" ;;
     capacity-tokens) timeout 150 python3 benchmarks/capacity.py --vision tokens --frames 10000,100000 \
                        --budget-s 120 --out "$out/capacity_tokens.json" ;;
     capacity-frames) timeout 560 python3 benchmarks/capacity.py --vision frames --frames 100000 \
                        --transv uni_7_0.5-attn_39_0.9 --out "$out/capacity_frames.json" ;;
+    probe-embedded)
+      timeout 300 $train --config configs/embedded.yaml --output /tmp/probe-embedded --max-steps 24 \
+        --set logging.every=2 --set "logging.profile_steps=[20, 22]"
+      cp /tmp/probe-embedded/metrics.jsonl "$out/probe_embedded.jsonl"
+      cp /tmp/probe-embedded/profile/ops-rank-0.txt "$out/probe_embedded_ops.txt" ;;
+    tiny-gpu)
+      timeout 400 $train --config configs/tiny-gpu.yaml --output /tmp/tiny-gpu-1 \
+        && cp /tmp/tiny-gpu-1/metrics.jsonl "$out/tiny_gpu_1.jsonl" ;;
+    tiny-fsdp)
+      timeout 400 torchrun --standalone --nproc_per_node 2 -m timeviper.cli train --config configs/tiny-gpu.yaml \
+        --output /tmp/tiny-gpu-2 && cp /tmp/tiny-gpu-2/metrics.jsonl "$out/tiny_gpu_2.jsonl" \
+        && python3 scripts/compare_losses.py "$out/tiny_gpu_1.jsonl" "$out/tiny_gpu_2.jsonl" --tolerance 0.1 ;;
+    train-throughput) timeout 500 torchrun --standalone --nproc_per_node "$gpus" benchmarks/train_throughput.py \
+                        --out "$out/train_throughput_${gpus}gpu.json" ;;
+    triton-restore) [ -f .cache/triton.tgz ] && mkdir -p "$TRITON_CACHE_DIR" && tar -xzf .cache/triton.tgz -C "$TRITON_CACHE_DIR" ;;
+    triton-save) tar -czf "$out/triton.tgz" -C "$TRITON_CACHE_DIR" . && ls -la "$out/triton.tgz" ;;
     *) echo "unknown step $step" ;;
   esac
 done
