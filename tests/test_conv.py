@@ -115,3 +115,14 @@ def test_fla_matches_torch(dtype, packed):
     for name, g, g_ref in zip(["x", "weight", "bias", "h0"], grads, grads_ref):
         err = (g.cpu().double() - g_ref.double()).norm() / g_ref.double().norm()
         assert err < 10 * tol, name
+
+
+def test_packed_gradcheck_with_an_empty_sequence():
+    """Gradients reach every sequence's inputs and initial inputs; an empty sequence keeps its own."""
+    cu = torch.tensor([0, 2, 2, 7])
+    x, w, bs, _ = (t.double() if t is not None else None for t in make_inputs(b=1, T=7))
+    h0 = torch.randn(3, CH, K - 1, dtype=torch.double)
+    leaves = [t.requires_grad_() for t in (x, w, bs, h0)]
+    assert torch.autograd.gradcheck(lambda *a: causal_conv1d(*a, cu_seqlens=cu), leaves)
+    _, h = causal_conv1d(*leaves, cu_seqlens=cu)
+    assert torch.equal(h[1], h0[1])

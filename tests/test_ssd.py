@@ -187,3 +187,14 @@ def test_ssd_scan_gradients_on_cuda():
     grads_ref = torch.autograd.grad((y_ref * dy).sum() + h_ref.sum(), leaves)
     for g, g_ref in zip(grads, grads_ref):
         assert rel_err(g, g_ref) < 1e-2
+
+
+def test_packed_gradcheck_with_an_empty_sequence():
+    """Gradients reach every sequence's inputs and initial state; an empty sequence passes its state on."""
+    cu = torch.tensor([0, 3, 3, 7])
+    x, dt, A, B, C = (t.double() for t in make_inputs(b=1, T=7, H=2, P=2, G=1, N=3)[:5])
+    h0 = torch.randn(3, 2, 2, 3, dtype=torch.double)
+    leaves = [t.requires_grad_() for t in (x, dt, A, B, C, h0)]
+    assert torch.autograd.gradcheck(lambda *a: ssd_chunked(*a, cu_seqlens=cu, chunk_size=2), leaves)
+    _, h = ssd_chunked(*leaves, cu_seqlens=cu, chunk_size=2)
+    assert torch.equal(h[1], h0[1])

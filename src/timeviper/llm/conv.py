@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from timeviper.llm.ssd import map_sequences
+from timeviper.llm.ssd import segments
 
 try:
     from fla.modules.convolution import causal_conv1d as fla_causal_conv1d
@@ -25,13 +25,23 @@ def _activate(y: Tensor, activation: str | None) -> Tensor:
     return F.silu(y) if activation == "silu" else y
 
 
-def _conv_torch(x, weight, bias, initial_state, activation):
+def _conv_torch(x, weight, bias, initial_state, cu_seqlens, activation):
+    # every sequence is preceded by its K-1 initial inputs (zeros by default): one conv, nothing crosses
     b, T, C = x.shape
-    K = weight.shape[1]
-    h0 = x.new_zeros(b, C, K - 1) if initial_state is None else initial_state.to(x.dtype)
-    xs = torch.cat([h0, x.transpose(1, 2)], -1)  # [b, C, K-1+T]
-    y = F.conv1d(xs.to(weight.dtype), weight[:, None], bias, groups=C)  # [b, C, T]
-    return _activate(y, activation).transpose(1, 2).to(x.dtype), xs[..., xs.shape[-1] - (K - 1):].clone()
+    K1 = weight.shape[1] - 1
+    lengths, seq, starts = segments(cu_seqlens, T, x.device)
+    S = len(lengths)
+    before = starts + K1 * torch.arange(S, device=x.device)  # [S] place of each sequence's first initial input
+    xs = x.new_zeros(b, T + K1 * S, C)
+    xs[:, torch.arange(T, device=x.device) + K1 * (seq + 1)] = x
+    window = before[:, None] + torch.arange(K1, device=x.device)  # [S, K-1]
+    if initial_state is not None:
+        xs[:, window] = initial_state.to(x.dtype).view(b, S, C, K1).transpose(-1, -2)
+    y = F.conv1d(xs.transpose(1, 2).to(weight.dtype), weight[:, None], bias, groups=C)  # [b, C, T + K1 (S - 1)]
+    y = y[..., torch.arange(T, device=x.device) + K1 * seq]  # output j covers inputs j .. j + K-1
+    lengths = torch.tensor(lengths, device=x.device)
+    final = xs[:, window + lengths[:, None]]  # [b, S, K-1, C] the last K-1 inputs of each sequence
+    return _activate(y, activation).transpose(1, 2).to(x.dtype), final.transpose(-1, -2).reshape(b * S, C, K1)
 
 
 def _conv_fla(x, weight, bias, initial_state, cu_seqlens, activation):
@@ -56,9 +66,7 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, cu_seqlens=None, act
         raise ValueError(f"cu_seqlens needs a batch of 1, got {x.shape[0]}")
     if x.is_cuda and fla_causal_conv1d is not None:
         return _conv_fla(x, weight, bias, initial_state, cu_seqlens, activation)
-    if cu_seqlens is None:
-        return _conv_torch(x, weight, bias, initial_state, activation)
-    return map_sequences(lambda x, h0: _conv_torch(x, weight, bias, h0, activation), cu_seqlens, (x,), initial_state)
+    return _conv_torch(x, weight, bias, initial_state, cu_seqlens, activation)
 
 
 def causal_conv1d_step(x, conv_state, weight, bias=None, activation="silu"):

@@ -33,18 +33,14 @@ def fla_backward_supported() -> bool:
     return not broken or importlib.util.find_spec("tilelang") is not None
 
 
-def map_sequences(fn, cu_seqlens: Tensor, seqs: tuple[Tensor, ...], initial_state: Tensor | None):
-    """Run `fn(*seq_slices, state)` on each packed sequence of a batch-1 input.
-
-    seqs are [1, T, ...]; initial_state is [S, ...] or None.  Returns outputs concatenated along T
-    and final states stacked along dim 0 ([S, ...])."""
-    bounds = cu_seqlens.tolist()
-    ys, states = [], []
-    for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
-        y, h = fn(*(t[:, s:e] for t in seqs), None if initial_state is None else initial_state[i : i + 1])
-        ys.append(y)
-        states.append(h)
-    return torch.cat(ys, 1), torch.cat(states, 0)
+def segments(cu_seqlens: Tensor | None, T: int, device) -> tuple[list[int], Tensor, Tensor]:
+    """Lengths (a list), sequence index of every token [T] and start of every sequence [S] of a packed
+    batch, or of one sequence of T tokens when `cu_seqlens` is None."""
+    if cu_seqlens is None:
+        return [T], torch.zeros(T, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device)
+    lengths = cu_seqlens.diff().tolist()
+    seq = torch.repeat_interleave(torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device))
+    return lengths, seq, cu_seqlens[:-1].to(device, torch.long)
 
 
 def segsum(a: Tensor) -> Tensor:
@@ -56,17 +52,32 @@ def segsum(a: Tensor) -> Tensor:
     return out.masked_fill(~torch.tril(torch.ones(L, L, dtype=torch.bool, device=a.device)), -torch.inf)
 
 
-def _ssd_chunked(x, dt, A, B, C, initial_state, chunk_size):
+def ssd_chunked(x, dt, A, B, C, initial_state=None, cu_seqlens=None, chunk_size=128):
+    """Pure PyTorch chunked SSD (the ssd_minimal algorithm); same contract as `ssd_scan`.
+
+    Packed sequences are laid out so that each starts a new chunk; the recurrence over chunk states then
+    runs over "slots" (each sequence's initial state, then its chunks) and never crosses a sequence.
+    Math in float32 (float64 for float64 inputs), differentiable, O(T * chunk_size) memory."""
     b, T, H, P = x.shape
     G, N = B.shape[-2:]
-    L, pad = chunk_size, -T % chunk_size
-    c = (T + pad) // L
+    L, R, dev = chunk_size, H // G, x.device
     f = torch.promote_types(x.dtype, torch.float32)
+    lengths, seq, starts = segments(cu_seqlens, T, dev)
+    S = len(lengths)
+    chunks = torch.tensor([-(-n // L) for n in lengths], device=dev)  # [S] chunks of each sequence
+    c = int(chunks.sum())
+    first = chunks.cumsum(0) - chunks  # [S] first chunk of each sequence
+    at = torch.arange(T, device=dev) - starts[seq] + first[seq] * L  # [T] place of each token
+
+    def spread(t: Tensor) -> Tensor:  # [b, T, ...] -> [b, c, L, ...], zeros (no input, no decay) between
+        out = t.new_zeros(b, c * L, *t.shape[2:])
+        out[:, at] = t
+        return out.view(b, c, L, *t.shape[2:])
+
     dt = dt.to(f)
-    # discretize and split into chunks; padded steps have dt = 0: no input and no decay
-    X = F.pad(x.to(f) * dt[..., None], (0, 0, 0, 0, 0, pad)).view(b, c, L, G, H // G, P)  # [b,c,l,g,r,p]
-    a = F.pad(dt * A.to(f), (0, 0, 0, pad)).view(b, c, L, G, H // G).permute(0, 3, 4, 1, 2)  # [b,g,r,c,l]
-    B, C = (F.pad(t.to(f), (0, 0, 0, 0, 0, pad)).view(b, c, L, G, N) for t in (B, C))  # [b,c,l,g,n]
+    X = spread(x.to(f) * dt[..., None]).unflatten(3, (G, R))  # [b,c,l,g,r,p]
+    a = spread(dt * A.to(f)).unflatten(3, (G, R)).permute(0, 3, 4, 1, 2)  # [b,g,r,c,l]
+    B, C = spread(B.to(f)), spread(C.to(f))  # [b,c,l,g,n]
     a_cs = a.cumsum(-1)  # [b,g,r,c,l]
 
     # 1. within chunks: causal "attention" C_l.B_s with decay exp(a_{s+1} + ... + a_l)
@@ -77,28 +88,27 @@ def _ssd_chunked(x, dt, A, B, C, initial_state, chunk_size):
     decay_to_end = torch.exp(a_cs[..., -1:] - a_cs)  # [b,g,r,c,l]
     states = torch.einsum("bclgn,bgrcl,bclgrp->bcgrpn", B, decay_to_end, X)
 
-    # 3. recurrence over chunks: the state at every chunk boundary
-    h0 = x.new_zeros(b, H, P, N, dtype=f) if initial_state is None else initial_state.to(f)
-    states = torch.cat([h0.reshape(b, 1, G, H // G, P, N), states], 1)  # [b,c+1,g,r,p,n]
-    decay_chunk = torch.exp(segsum(F.pad(a_cs[..., -1], (1, 0))))  # [b,g,r,c+1,c+1]
-    states = torch.einsum("bgrzc,bcgrpn->bzgrpn", decay_chunk, states)
-    states, final = states[:, :-1], states[:, -1]
+    # 3. recurrence over slots: each sequence's initial state, then its chunks' contributions
+    seq_of_chunk = torch.repeat_interleave(torch.arange(S, device=dev), chunks)  # [c]
+    slot = torch.arange(c, device=dev) + seq_of_chunk + 1  # [c] slot of each chunk
+    init_slot = first + torch.arange(S, device=dev)  # [S]
+    slots = X.new_zeros(b, c + S, G, R, P, N)
+    slots[:, slot] = states
+    if initial_state is not None:
+        slots[:, init_slot] = initial_state.to(f).reshape(b, S, G, R, P, N)
+    totals = a_cs.new_zeros(b, G, R, c + S)
+    totals[..., slot] = a_cs[..., -1]
+    seq_of_slot = torch.repeat_interleave(torch.arange(S, device=dev), chunks + 1)  # [c+S]
+    apart = seq_of_slot[:, None] != seq_of_slot[None]
+    decay = torch.exp(segsum(totals).masked_fill(apart, -torch.inf))  # [b,g,r,c+S,c+S]
+    slots = torch.einsum("bgrzs,bsgrpn->bzgrpn", decay, slots)  # the state at the end of each slot
 
-    # 4. the state at each chunk's start, read out by C and decayed to each position
-    y_off = torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", C, states, torch.exp(a_cs))
+    # 4. the state each chunk starts from, read out by C and decayed to each position
+    y_off = torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", C, slots[:, slot - 1], torch.exp(a_cs))
 
-    y = (y_diag + y_off).reshape(b, c * L, H, P)[:, :T]
-    return y.to(x.dtype), final.reshape(b, H, P, N).clone()  # clone: not a view into all chunk states
-
-
-def ssd_chunked(x, dt, A, B, C, initial_state=None, cu_seqlens=None, chunk_size=128):
-    """Pure PyTorch chunked SSD (the ssd_minimal algorithm); same contract as `ssd_scan`.
-
-    Math in float32 (float64 for float64 inputs), differentiable, O(T * chunk_size) memory."""
-    if cu_seqlens is None:
-        return _ssd_chunked(x, dt, A, B, C, initial_state, chunk_size)
-    return map_sequences(lambda x, dt, B, C, h0: _ssd_chunked(x, dt, A, B, C, h0, chunk_size),
-                         cu_seqlens, (x, dt, B, C), initial_state)
+    y = (y_diag + y_off).reshape(b, c * L, H, P)[:, at]
+    final = slots[:, init_slot + chunks]  # [b,S,g,r,p,n] the end of each sequence's last chunk
+    return y.to(x.dtype), final.reshape(b * S, H, P, N)
 
 
 def _ssd_fla(x, dt, A, B, C, initial_state, cu_seqlens):
