@@ -176,6 +176,14 @@ def test_no_decodable_frames(tmp_path):
             load_video(tmp_path / "blank.mp4")
 
 
+def test_unknown_codec(tmp_path):
+    data = write_video(tmp_path / "h264.mp4", [0.0, 0.5, 1.0]).read_bytes()
+    assert b"avc1" in data
+    (tmp_path / "odd.mp4").write_bytes(data.replace(b"avc1", b"zzzz"))  # a sample entry no decoder knows
+    with pytest.raises(VideoDecodeError, match=r"odd.mp4: no decoder for its video codec \(found: video\)"):
+        load_video(tmp_path / "odd.mp4")
+
+
 def test_unreadable_inputs(tmp_path):
     with pytest.raises(VideoDecodeError, match="missing.mp4: no such file"):
         load_video(tmp_path / "missing.mp4")
