@@ -148,3 +148,15 @@ def test_weights_saved_in_bfloat16_load_as_their_rounded_values(model, tmp_path)
     assert loaded.dtype == torch.float32
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a.to(torch.bfloat16).float(), b), name
+
+
+def test_videos_embedded_together_equal_each_alone(model, monkeypatch):
+    """Frames of several videos (different sizes) share encoder chunks, cut across videos, in order."""
+    import timeviper.model
+
+    videos = [frames(3, seed=1), torch.randint(0, 256, (5, 24, 30, 3), dtype=torch.uint8), frames(1, seed=2)]
+    alone = torch.cat([model.embed_frames(v) for v in videos])
+    monkeypatch.setattr(timeviper.model, "VISION_PATCHES_PER_CHUNK", 4 * model.vision.num_patches)
+    together = model.embed_frames(videos)  # chunks of 4 frames: [3 + 1], [4], [1]
+    assert together.shape == (9 * model.config.tokens_per_frame, LLM.hidden_size)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)

@@ -1,5 +1,7 @@
 """TransV: spec strings, which tokens drop, transfer, shrinking sequences and caches, gradients."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -92,19 +94,25 @@ def test_transfer_changes_only_the_instruction():
 
 
 def test_packed_samples_drop_and_transfer_separately():
+    """Samples packed together give what each gives alone, also one without vision tokens and one whose
+    single vision token is never dropped (floor(1 * 0.5) = 0)."""
     torch.manual_seed(0)
     llm = HybridLM(CFG)
     transv = {2: TransV(CFG, TransVSpec("uni", 2, 0.5)), 7: TransV(CFG, TransVSpec("attn", 7, 0.5))}
     with torch.no_grad():
         for m in transv.values():
             m.alpha.fill_(0.5)
-    a, b = torch.randn(1, 2 + 8 + 3 + 2, 32), torch.randn(1, 1 + 12 + 4 + 1, 32)
-    out_a, idx_a = run_packed(llm, transv, a, None, [_span(2, 8, 3, 2)])
-    out_b, idx_b = run_packed(llm, transv, b, None, [_span(1, 12, 4, 1)])
-    spans = [_span(2, 8, 3, 2), Span(15, 16, 28, 32, 33)]
-    out, idx = run_packed(llm, transv, torch.cat([a, b], 1), None, spans)
-    assert torch.allclose(out, torch.cat([out_a, out_b], 1), atol=1e-5)
-    assert torch.equal(idx, torch.cat([idx_a, idx_b + 15]))
+    layouts = [(2, 8, 3, 2), (1, 0, 4, 2), (1, 12, 4, 1), (2, 1, 3, 1)]  # system, vision, instruction, response
+    alone, spans, start = [], [], 0
+    for layout in layouts:
+        h = torch.randn(1, sum(layout), 32)
+        out, index = run_packed(llm, transv, h, None, [_span(*layout)])
+        alone.append((h, out, index + start))
+        spans.append(Span(*(start + x for x in (0, *itertools.accumulate(layout)))))
+        start += sum(layout)
+    out, index = run_packed(llm, transv, torch.cat([h for h, *_ in alone], 1), None, spans)
+    assert torch.allclose(out, torch.cat([o for _, o, _ in alone], 1), atol=1e-5)
+    assert torch.equal(index, torch.cat([i for *_, i in alone]))
 
 
 def test_gradients_reach_alpha_and_cross_attention():

@@ -7,11 +7,12 @@ tokenizer.json of the text tokenizer.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from timeviper.vision.preprocess import preprocess_frames
 from timeviper.vision.projector import Projector
 
 EMBEDDED = Path(__file__).parent / "assets" / "embedded"
+VISION_PATCHES_PER_CHUNK = 64 * 729  # patches through the vision encoder at once
 
 
 @dataclass
@@ -102,13 +104,23 @@ class TimeViper(nn.Module):
         self.config.transv = spec
 
     # --- vision ----------------------------------------------------------------------------------------
-    def embed_frames(self, frames: Tensor, chunk_size: int = 64) -> Tensor:
-        """uint8 frames [F, H, W, 3] -> vision tokens [F * tokens_per_frame, C]."""
-        size = self.vision.config.image_size
+    def embed_frames(self, videos: Tensor | Sequence[Tensor]) -> Tensor:
+        """uint8 frames [F, H, W, 3], or several videos of such frames (of any sizes) -> vision tokens
+        [(sum of F) * tokens_per_frame, C], in order.
+
+        The encoder and projector take VISION_PATCHES_PER_CHUNK patches at a time (64 so400m frames,
+        hundreds of small ones), cut across videos, so that many short videos cost few large steps.
+        """
+        videos = [videos] if isinstance(videos, Tensor) else videos
+        step = max(1, VISION_PATCHES_PER_CHUNK // self.vision.num_patches)  # frames per chunk
+        starts = [0, *itertools.accumulate(len(v) for v in videos)]
         tokens = []
-        for chunk in frames.split(chunk_size):
-            pixels = preprocess_frames(chunk, size=size, dtype=self.dtype, device=self.device)
-            tokens.append(self.projector(self.vision.encode(pixels, chunk_size)).flatten(0, 1))
+        for a in range(0, starts[-1], step):  # frames [a, a + step) of all videos in a row
+            pixels = torch.cat([
+                preprocess_frames(v[max(a - s, 0):a + step - s], size=self.vision.config.image_size,
+                                  dtype=self.dtype, device=self.device)
+                for v, s, e in zip(videos, starts, starts[1:]) if s < a + step and e > a])
+            tokens.append(self.projector(self.vision.encode(pixels, step)).flatten(0, 1))
         return torch.cat(tokens)
 
     def _vision_stream(self, chunks: Iterable[Tensor], on_frames: Callable[[int], None] | None) -> Iterator[Tensor]:
@@ -122,13 +134,12 @@ class TimeViper(nn.Module):
         """A packed micro-batch (see timeviper.data.packing) -> (summed token loss, number of loss tokens)."""
         ids = batch["input_ids"].to(self.device)
         h = self.llm.embed_tokens(ids)  # [1, T, C]
-        rows, vision = [], []
-        for (start, end), frames in zip(batch["vision_spans"].tolist(), batch["frames"]):
-            if frames is not None and end > start:
-                vision.append(self.embed_frames(frames))
-                rows.append(torch.arange(start, end, device=self.device))
-        if vision:
-            h = h.index_put((torch.zeros_like(torch.cat(rows)), torch.cat(rows)), torch.cat(vision).to(h.dtype))
+        videos = [(start, end, frames) for (start, end), frames in zip(batch["vision_spans"].tolist(), batch["frames"])
+                  if frames is not None and end > start]
+        if videos:  # every sample's frames through the encoder together
+            rows = torch.cat([torch.arange(start, end, device=self.device) for start, end, _ in videos])
+            vision = self.embed_frames([frames for *_, frames in videos])
+            h = h.index_put((torch.zeros_like(rows), rows), vision.to(h.dtype))
         positions = batch["position_ids"].to(self.device) if self.config.llm.rope_theta is not None else None
         out, index = run_packed(self.llm, self.transv_layers, h, positions, spans_of(batch))
         labels = batch["labels"].to(self.device)[0, index]

@@ -13,6 +13,7 @@ Spec strings: `kind_layer_p` joined by `-`, e.g. the paper's `uni_7_0.5-attn_39_
 
 from __future__ import annotations
 
+import itertools
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -155,10 +156,13 @@ class TransV(nn.Module):
         v = self.v_proj(h).view(-1, self.num_kv_heads, self.head_dim).transpose(0, 1)
         return k, v
 
-    def delta(self, x1: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """x1 [m, C] instruction tokens; k, v [Hkv, n, D] -> tanh(alpha) * CrossAttn(x1, dropped) [m, C]."""
+    def delta(self, x1: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x1 [m, C] instruction tokens; k, v [Hkv, n, D] -> tanh(alpha) * CrossAttn(x1, dropped) [m, C].
+
+        mask [m, n] (bool, optional): which dropped tokens each instruction token may see."""
         q = self.q_proj(self.norm_q(x1)).view(-1, self.num_heads, self.head_dim).transpose(0, 1)  # [H, m, D]
-        out = F.scaled_dot_product_attention(q[None], k[None], v[None], enable_gqa=True)[0]  # [H, m, D]
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask,
+                                             enable_gqa=True)[0]  # [H, m, D]
         return torch.tanh(self.alpha).to(x1.dtype) * self.o_proj(out.transpose(0, 1).reshape(x1.shape[0], -1))
 
 
@@ -183,14 +187,14 @@ def cu_seqlens_of(spans: list[Span], device=None) -> Tensor:
 
 
 def select_packed(spec: TransVSpec, block: nn.Module, h: Tensor, positions: Tensor | None,
-                  spans: list[Span]) -> list[Tensor]:
-    """Each sample's bool mask [n] of the vision tokens it drops at `block` (the layer TransV sits at).
+                  spans: list[Span]) -> Tensor:
+    """Bool [sum of vision lengths]: which vision tokens of the samples, in order, drop at `block`.
 
     An FSDP2-sharded block is gathered once for all samples, so that every rank runs the same
     collectives whatever number of samples its micro-batch packs.
     """
-    if spec.strategy == "uniform":
-        return [uniform_drop(0, sp.vision_end - sp.vision_start, spec.p, h.device) for sp in spans]
+    if spec.strategy == "uniform":  # on the CPU, then one copy
+        return torch.cat([uniform_drop(0, sp.vision_end - sp.vision_start, spec.p) for sp in spans]).to(h.device)
     drops = []
     with torch.no_grad(), unsharded(block):  # selection is not differentiable
         for sp in spans:
@@ -198,29 +202,37 @@ def select_packed(spec: TransVSpec, block: nn.Module, h: Tensor, positions: Tens
             logits = attention_logits(block.mixer, block.norm, h[:, q], None if positions is None else positions[:, q],
                                       h[:, vis], None if positions is None else positions[:, vis])
             drops.append(attention_drop(attention_scores(logits), spec.p))
-    return drops
+    return torch.cat(drops) if drops else torch.zeros(0, dtype=torch.bool, device=h.device)
 
 
 def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor | None,
                  spans: list[Span]) -> tuple[Tensor, Tensor | None, list[Span], Tensor]:
     """TransV on a whole packed sequence h [1, T, C] entering `block` (the layer TransV sits at).
 
-    Each sample drops its own vision tokens and transfers them into its own instruction. Returns the
-    shortened h and positions, the new spans and the bool mask [T] of kept tokens.
+    Each sample drops its own vision tokens and transfers them into its own instruction, all samples at
+    once: one cross-attention whose mask lets each instruction token see only its own sample's dropped
+    tokens. Returns the shortened h and positions, the new spans and the bool mask [T] of kept tokens.
     """
+    def indices(bounds: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:  # token index and sample of each
+        index = torch.cat([torch.arange(a, b) for a, b in bounds] or [torch.zeros(0, dtype=torch.long)])
+        sample = torch.repeat_interleave(torch.arange(len(bounds)), torch.tensor([b - a for a, b in bounds]))
+        return index.to(h.device), sample.to(h.device)
+
+    vision, vision_sample = indices([(sp.vision_start, sp.vision_end) for sp in spans])  # [V]
+    drop = select_packed(module.spec, block, h, positions, spans)  # [V]
+    counts = torch.zeros(len(spans), dtype=torch.long, device=h.device).index_add_(0, vision_sample, drop.long())
+    counts = counts.tolist()  # dropped tokens of each sample
+    if module.spec.transfers and any(counts):
+        instruction, instruction_sample = indices([(sp.vision_end, sp.instruction_end) for sp in spans])  # [m]
+        k, v = module.memory(h[0, vision[drop]])  # [Hkv, n, D]
+        mask = instruction_sample[:, None] == vision_sample[drop][None]  # [m, n]
+        receives = mask.any(1)  # a sample that dropped nothing transfers nothing
+        delta = module.delta(h[0, instruction[receives]], k, v, mask[receives])
+        h = h.index_add(1, instruction[receives], delta[None])
     keep = torch.ones(h.shape[1], dtype=torch.bool, device=h.device)
-    rows, deltas, new_spans, removed = [], [], [], 0
-    for sp, drop in zip(spans, select_packed(module.spec, block, h, positions, spans)):
-        if module.spec.transfers and drop.any():
-            k, v = module.memory(h[0, sp.vision_start:sp.vision_end][drop])
-            deltas.append(module.delta(h[0, sp.vision_end:sp.instruction_end], k, v))
-            rows.append(torch.arange(sp.vision_end, sp.instruction_end, device=h.device))
-        keep[sp.vision_start:sp.vision_end] = ~drop
-        dropped = int(drop.sum())
-        new_spans.append(sp.shifted(removed, dropped))
-        removed += dropped
-    if deltas:
-        h = h.index_add(1, torch.cat(rows), torch.cat(deltas)[None])
+    keep[vision[drop]] = False
+    removed = [0, *itertools.accumulate(counts)]
+    new_spans = [sp.shifted(before, n) for sp, before, n in zip(spans, removed, counts)]
     return h[:, keep], None if positions is None else positions[:, keep], new_spans, keep
 
 
