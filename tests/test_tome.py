@@ -1,3 +1,4 @@
+"""ToMe (bipartite soft matching): exact counts, size-weighted sums, merge order, batching, errors."""
 
 import pytest
 import torch
