@@ -1,14 +1,13 @@
 """FSDP2 over two CPU processes (Gloo) trains a tiny TimeViper, TransV uni + attn, as one process does."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launch import torchrun
 
 from timeviper.data.packing import collate
 from timeviper.data.records import IGNORE_INDEX, VISION_SLOT_ID, Sample, SkipStats
@@ -81,25 +80,11 @@ def losses(output: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in map(json.loads, (output / "metrics.jsonl").read_text().splitlines())]
 
 
-def launch(output: Path, processes: int) -> None:
-    """`train` in `processes` torchrun processes (one thread each: the CPU is shared)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               __file__, str(output)]
-    with subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, start_new_session=True) as run:
-        try:
-            log = run.communicate(timeout=180)[0].decode()
-        except subprocess.TimeoutExpired:
-            os.killpg(run.pid, signal.SIGKILL)
-            raise
-    assert run.returncode == 0, log[-4000:]
-
-
 @pytest.mark.slow
 def test_two_sharded_ranks_match_one_process(tmp_path):
     """Same global batches, same losses: step 1 checks the forward, step 2 the sharded update."""
-    launch(tmp_path / "sharded", 2)
-    launch(tmp_path / "single", 1)
+    torchrun(__file__, str(tmp_path / "sharded"), processes=2, timeout=180)
+    torchrun(__file__, str(tmp_path / "single"), processes=1, timeout=180)
     single, sharded = losses(tmp_path / "single"), losses(tmp_path / "sharded")
     assert [s for s, _ in single] == [s for s, _ in sharded] == [1, 2]
     for (_, a), (_, b) in zip(single, sharded):

@@ -1,9 +1,6 @@
 """The training loop on a tiny model and fake data; the training config."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from launch import torchrun
 from test_records import chat, fake_load_video, fake_tokenize, write_jsonl, write_media
 from torch import nn
 
@@ -167,25 +165,7 @@ def test_skip_counts_are_summed_over_ranks_without_touching_the_local_ones(tmp_p
 @pytest.mark.slow
 def test_two_sharded_ranks_resume_exactly(tmp_path):
     """FSDP2 over two CPU processes (Gloo) with activation checkpointing: 4 steps vs 2 + resume 2."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        __file__,
-        str(tmp_path),
-    ]
-    with subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    ) as run:
-        try:
-            output = run.communicate(timeout=240)[0].decode()
-        except subprocess.TimeoutExpired:
-            os.killpg(run.pid, signal.SIGKILL)
-            raise
-    assert run.returncode == 0, output[-4000:]
+    torchrun(__file__, str(tmp_path))
     straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]
     assert [m["loss"] for m in resumed] == [m["loss"] for m in straight]
