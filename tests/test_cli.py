@@ -75,6 +75,7 @@ def test_plain_output_is_the_answer(capsys, model_dir, video):
     "argv, message",
     [
         (["ask", "{tmp}/missing.mp4", "What?", "--model", "{model}"], "missing.mp4"),
+        (["ask", "{tmp}/missing.mp4", "What?", "--model", "{tmp}/no-model"], "missing.mp4"),  # the video first
         (["caption", "{video}", "--model", "{tmp}/no-model"], "no-model"),
         (["score", "--task", "tvg", "--predictions", "{tmp}/p.jsonl", "--references", "{tmp}/r.jsonl"], "cannot read"),
     ],

@@ -36,9 +36,9 @@ def answer(args, instruction: str) -> tuple[str, int, float]:
 
     from timeviper.model import frame_chunks
 
+    chunks = frame_chunks(args.video, args.fps, args.max_frames, args.sampling, args.chunk_frames)  # opens it
     model = load_model(args)
     start = time.perf_counter()
-    chunks = frame_chunks(args.video, args.fps, args.max_frames, args.sampling, args.chunk_frames)
     with tqdm(desc="frames", unit="frame", disable=args.quiet, file=sys.stderr, leave=False) as bar:
         text = model.generate([(chunks, instruction)], max_new_tokens=args.max_new_tokens, progress=bar.update)[0]
         frames = bar.n
