@@ -3,6 +3,7 @@
 # Usage: bash benchmarks/gpu_suite.sh STEP [STEP ...]
 #   llm vision tests capacity-tokens capacity-frames      speed, GPU tests, frames per GPU
 #   probe-embedded   24 steps of configs/embedded.yaml: step time, data wait, a profile of steps 20-22
+#                    (PROBE_SET="--set train.micro_batch_tokens=65536 --set data.lookahead=64" tries a variant)
 #   tiny-gpu         configs/tiny-gpu.yaml on one GPU (300 steps; the loss must fall)
 #   tiny-fsdp        the same on two GPUs (FSDP2), compared with tiny-gpu's losses
 #   train-throughput Nano-9B + so400m training speed and MFU over every GPU (FSDP2)
@@ -25,7 +26,7 @@ for step in "$@"; do
                        --transv uni_7_0.5-attn_39_0.9 --out "$out/capacity_frames.json" ;;
     probe-embedded)
       timeout 300 $train --config configs/embedded.yaml --output /tmp/probe-embedded --max-steps 24 \
-        --set logging.every=2 --set "logging.profile_steps=[20, 22]"
+        --set logging.every=2 --set "logging.profile_steps=[20, 22]" ${PROBE_SET:-}
       cp /tmp/probe-embedded/metrics.jsonl "$out/probe_embedded.jsonl"
       cp /tmp/probe-embedded/profile/ops-rank-0.txt "$out/probe_embedded_ops.txt" ;;
     tiny-gpu)
