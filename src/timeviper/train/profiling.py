@@ -31,7 +31,7 @@ def step_profiler(steps: tuple[int, int] | None, start_step: int, output_dir: Pa
         out = output_dir / "profile"
         out.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(out / f"trace-rank-{env.rank}.json"))
-        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
         table = prof.key_averages().table(sort_by=key, row_limit=40)
         (out / f"ops-rank-{env.rank}.txt").write_text(f"steps {first}-{last}\n{table}\n")
         print0(f"profile of steps {first}-{last} written to {out}")
