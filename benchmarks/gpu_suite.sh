@@ -35,7 +35,7 @@ for step in "$@"; do
     tiny-fsdp)
       timeout 400 torchrun --standalone --nproc_per_node 2 -m timeviper.cli train --config configs/tiny-gpu.yaml \
         --output /tmp/tiny-gpu-2 && cp /tmp/tiny-gpu-2/metrics.jsonl "$out/tiny_gpu_2.jsonl" \
-        && python3 scripts/compare_losses.py "$out/tiny_gpu_1.jsonl" "$out/tiny_gpu_2.jsonl" --tolerance 0.1 ;;
+        && python3 scripts/compare_losses.py "$out/tiny_gpu_1.jsonl" "$out/tiny_gpu_2.jsonl" --tolerance 0.05 ;;
     train-throughput) timeout 500 torchrun --standalone --nproc_per_node "$gpus" benchmarks/train_throughput.py \
                         --out "$out/train_throughput_${gpus}gpu.json" ;;
     triton-restore) [ -f .cache/triton.tgz ] && mkdir -p "$TRITON_CACHE_DIR" && tar -xzf .cache/triton.tgz -C "$TRITON_CACHE_DIR" ;;

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from test_records import chat, make_dataset, write_jsonl, write_media
 
-from timeviper.data import IGNORE_INDEX, Mixture, PackedStream, Sample, collate
+from timeviper.data import IGNORE_INDEX, Mixture, PackedStream, RankShare, Sample, collate
 from timeviper.errors import CheckpointError, TimeViperError
 
 
@@ -144,3 +144,15 @@ def test_a_mostly_broken_dataset_stops_the_stream(tmp_path):
     stream = PackedStream([broken], Mixture([30], [1.0], seed=0), budget=64, max_skip_fraction=0.05, min_samples=10)
     with pytest.raises(TimeViperError, match=r"dataset 'broken': 10 of 10 samples skipped \(bad_json: 10\)"):
         next(stream)
+
+
+def test_rank_shares_split_one_stream_between_ranks(tmp_path):
+    whole = [next(stream)["sample_ids"] for stream in [_stream(tmp_path)] for _ in range(6)]
+    shares = [RankShare(_stream(tmp_path), rank, 2) for rank in (0, 1)]
+    taken = [[next(share)["sample_ids"] for _ in range(3)] for share in shares]
+    assert taken[0] == whole[0::2] and taken[1] == whole[1::2]
+    assert shares[0].skips.counts.sum() > 0 and shares[1].skips.counts.sum() == 0  # counted once, on rank 0
+
+    resumed = RankShare(_stream(tmp_path), 1, 2)
+    resumed.load_state_dict(shares[1].state_dict())
+    assert next(resumed)["sample_ids"] == next(shares[1])["sample_ids"]

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from launch import torchrun
 from safetensors.torch import load_file
 from test_eval_runner import TINY
 
@@ -127,3 +128,20 @@ def test_overrides_on_the_command_line(tmp_path, capsys):
         capsys.readouterr()
         assert main(["train", "--config", str(config), "--output", str(tmp_path / "x"), "--set", bad]) == 1
         assert message in capsys.readouterr().err, bad
+
+
+@pytest.mark.slow
+def test_two_ranks_train_on_the_batches_of_one(tmp_path):
+    """With data.same_batches_any_world_size, FSDP2 over two processes logs the losses of one process."""
+    tree = yaml.safe_load(tiny_config(tmp_path / "tiny.yaml").read_text())
+    tree["data"]["same_batches_any_world_size"] = True
+    config = write(tmp_path / "shared.yaml", tree)
+    for processes in (1, 2):
+        torchrun("-m", "timeviper.cli", "train", "--config", str(config), "--output", str(tmp_path / f"ranks-{processes}"),
+                 processes=processes, timeout=180)
+    one, two = ([json.loads(line) for line in (tmp_path / f"ranks-{n}" / "metrics.jsonl").read_text().splitlines()]
+                for n in (1, 2))
+    assert [m["step"] for m in one] == [m["step"] for m in two] == [1, 2, 3]
+    assert [m["samples"] for m in one] == [m["samples"] for m in two]
+    for a, b in zip(one, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (one, two)

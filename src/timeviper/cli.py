@@ -113,6 +113,7 @@ def cmd_train(args) -> None:
     config = load_config(args.config, args.set)
     env = init_distributed()
     try:
+        torch.manual_seed(config.train.seed)  # the same random parts on every rank and in every run
         model = build_model(config)
         data = build_train_data(config, tokenize=partial(encode_conversation, model.tokenizer,
                                                          system=model.config.system_prompt),

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from timeviper.data.mixture import Mixture
-from timeviper.data.packing import PackedStream, collate
+from timeviper.data.packing import PackedStream, RankShare, collate
 from timeviper.data.records import (
     IGNORE_INDEX,
     SKIP_REASONS,
@@ -31,6 +31,7 @@ __all__ = [
     "ConversationDataset",
     "Mixture",
     "PackedStream",
+    "RankShare",
     "RecordFile",
     "Sample",
     "SkipStats",
@@ -51,7 +52,7 @@ def build_train_data(
     rank: int = 0,
     world_size: int = 1,
     load_video: Callable | None = None,
-) -> PackedStream:
+) -> PackedStream | RankShare:
     """The packed micro-batch stream of ``rank`` for a training config.
 
     ``tokenize`` and ``tokens_per_frame`` come from the model (chat template, vision tokens per
@@ -73,14 +74,15 @@ def build_train_data(
         else ConversationDataset(spec.name, spec.path, spec.root, load_video=load_video, **common)
         for spec in data.datasets
     ]
+    shared = data.same_batches_any_world_size  # every rank reads the one stream of a single process
     mixture = Mixture(
         [len(d) for d in datasets],
         [spec.weight for spec in data.datasets],
         seed=config.train.seed,
-        rank=rank,
-        world_size=world_size,
+        rank=0 if shared else rank,
+        world_size=1 if shared else world_size,
     )
-    return PackedStream(
+    stream = PackedStream(
         datasets,
         mixture,
         budget=config.train.micro_batch_tokens,
@@ -90,3 +92,4 @@ def build_train_data(
         max_skip_fraction=data.max_skip_fraction,
         min_samples=data.skip_check_min_samples,
     )
+    return RankShare(stream, rank, world_size) if shared else stream

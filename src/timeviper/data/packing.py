@@ -187,3 +187,29 @@ class PackedStream:
             self.skips.add(d, item, new=False)
             if isinstance(item, Sample):
                 self._buffer.append(((d, i), item))
+
+
+class RankShare:
+    """Micro-batches ``rank``, ``rank + W``, ``rank + 2W``, ... of a stream that every one of the ``W`` ranks
+    reads whole: together the ranks train on the very micro-batches one process would, in the same steps.
+
+    Only rank 0 reports the stream's skip counts (the others report none), so sums over ranks count
+    each sample once.
+    """
+
+    def __init__(self, stream: PackedStream, rank: int, world_size: int):
+        self.stream, self.rank, self.world_size = stream, rank, world_size
+        self.skips = stream.skips if rank == 0 else SkipStats(stream.skips.names)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        group = [next(self.stream) for _ in range(self.world_size)]  # collated whole: cheap next to loading
+        return group[self.rank]
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)

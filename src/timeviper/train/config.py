@@ -191,6 +191,9 @@ class DataConfig:
     lookahead: int = 8  # samples buffered for first-fit packing
     pad_to_multiple_of: int = 1  # pad each packed row to a multiple of this many tokens
     num_workers: int = 4  # loader processes per rank
+    # every rank reads the whole stream and keeps its share of the micro-batches: the same batches for any
+    # number of ranks (to compare runs across world sizes), at world_size times the loading work
+    same_batches_any_world_size: bool = False
 
     def __post_init__(self):
         _require(bool(self.datasets), "datasets", "needs at least one dataset")
