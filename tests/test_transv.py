@@ -48,12 +48,24 @@ def test_attention_drop_removes_the_least_attended():
     assert not attention_drop(scores, 0.0).any() and attention_drop(scores, 1.0).all()
 
 
+def test_scores_and_drops_of_several_samples_are_each_sample_s_own():
+    torch.manual_seed(0)
+    lengths = [3, 1, 6, 4]
+    sample = torch.repeat_interleave(torch.arange(4), torch.tensor(lengths))
+    logits, scores = torch.randn(2, 14), torch.rand(14)
+    torch.testing.assert_close(attention_scores(logits, sample),
+                               torch.cat([attention_scores(part) for part in logits.split(lengths, 1)]))
+    for p in (0.0, 0.4, 0.5, 0.9, 1.0):
+        assert torch.equal(attention_drop(scores, p, sample),
+                           torch.cat([attention_drop(part, p) for part in scores.split(lengths)]))
+
+
 def test_attention_logits_are_the_layers_own():
     torch.manual_seed(0)
     llm = HybridLM(CFG)
     block = llm.layers[3]
     h = torch.randn(1, 9, 32)
-    logits = attention_logits(block.mixer, block.norm, h[:, -1:], None, h[:, :6], None)
+    logits = attention_logits(block.mixer, block.norm, h[:, -1:], None, h[:, :6], None)[:, 0]
     q, k, _ = block.mixer.qkv(block.norm(h), None)
     k = k.repeat_interleave(2, dim=1)
     expected = torch.einsum("hd,hnd->hn", q[0, :, -1], k[0, :, :6]) / 8 ** 0.5

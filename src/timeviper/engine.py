@@ -117,7 +117,7 @@ def _select_and_transfer(llm, module: TransV, layer: int, kept: list[Chunk], ins
     vision = [c for c in kept if c.is_vision]
     if not vision:
         return kept
-    logits = torch.cat([attention_logits(block.mixer, block.norm, query_h, query_pos, c.h, c.positions)
+    logits = torch.cat([attention_logits(block.mixer, block.norm, query_h, query_pos, c.h, c.positions)[:, 0]
                         for c in vision], dim=1)  # [H, n_vision]
     drop = attention_drop(attention_scores(logits), module.spec.p)
     out, offset, ks, vs = [], 0, [], []

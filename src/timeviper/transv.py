@@ -90,27 +90,30 @@ def uniform_drop(start: int, count: int, p: float, device=None) -> Tensor:
     return torch.floor((j + 1) * p) > torch.floor(j * p)
 
 
-def attention_drop(scores: Tensor, p: float) -> Tensor:
-    """Bool [n]: drop the floor(n p) tokens with the lowest scores (ties: the later token goes)."""
-    n = scores.shape[0]
-    k = math.floor(n * p)
-    drop = torch.zeros(n, dtype=torch.bool, device=scores.device)
-    if k:
-        order = torch.sort(scores.float(), stable=True).indices  # ascending
-        drop[order[:k]] = True
+def attention_drop(scores: Tensor, p: float, sample: Tensor | None = None) -> Tensor:
+    """Bool [n]: drop the floor(n_s p) tokens with the lowest scores of each sample s (ties: the earlier
+    token goes first). `sample` [n] says which sample each token belongs to (default: all one sample)."""
+    if sample is None:
+        sample = torch.zeros_like(scores, dtype=torch.long)
+    counts = torch.bincount(sample, minlength=int(sample.max()) + 1 if len(sample) else 0)  # [S]
+    order = torch.sort(scores.float(), stable=True).indices  # ascending
+    order = order[torch.sort(sample[order], stable=True).indices]  # by sample, ascending within each
+    rank = torch.arange(len(order), device=scores.device) - (counts.cumsum(0) - counts)[sample[order]]
+    drop = torch.zeros_like(sample, dtype=torch.bool)
+    drop[order] = rank < torch.floor(counts.double() * p).long()[sample[order]]
     return drop
 
 
 def attention_logits(attn: Attention, norm: RMSNorm, query_h: Tensor, query_pos: Tensor | None,
                      keys_h: Tensor, key_pos: Tensor | None) -> Tensor:
-    """Logits [H, n] of one query token over n keys under an attention layer's own projections.
+    """Logits [H, m, n] of m query tokens over n keys under an attention layer's own projections.
 
-    query_h [1, 1, C] and keys_h [1, n, C] are hidden states entering the layer (normed here).
+    query_h [1, m, C] and keys_h [1, n, C] are hidden states entering the layer (normed here).
     """
-    q, _, _ = attn.qkv(norm(query_h), query_pos)  # [1, H, 1, D]
+    q, _, _ = attn.qkv(norm(query_h), query_pos)  # [1, H, m, D]
     _, k, _ = attn.qkv(norm(keys_h), key_pos)  # [1, Hkv, n, D]
     k = k.repeat_interleave(attn.num_heads // attn.num_kv_heads, dim=1)
-    return (q @ k.transpose(-1, -2))[0, :, 0].float() / math.sqrt(attn.head_dim)
+    return (q @ k.transpose(-1, -2))[0].float() / math.sqrt(attn.head_dim)
 
 
 @contextmanager
@@ -126,9 +129,16 @@ def unsharded(block: nn.Module):
         block.reshard()
 
 
-def attention_scores(logits: Tensor) -> Tensor:
-    """Mean over heads of the softmax over the vision keys: [H, n] -> [n]."""
-    return logits.softmax(-1).mean(0)
+def attention_scores(logits: Tensor, sample: Tensor | None = None) -> Tensor:
+    """Mean over heads of the softmax over the vision keys of each sample: [H, n] -> [n].
+
+    `sample` [n] says which sample each key belongs to (default: all one sample)."""
+    if sample is None:
+        return logits.softmax(-1).mean(0)
+    index = sample.expand_as(logits)
+    top = logits.new_full((logits.shape[0], int(sample.max()) + 1), -torch.inf).scatter_reduce(1, index, logits, "amax")
+    e = (logits - top.gather(1, index)).exp()
+    return (e / e.new_zeros(top.shape).index_add_(1, sample, e).gather(1, index)).mean(0)
 
 
 # --- transfer -----------------------------------------------------------------------------------------
@@ -186,23 +196,35 @@ def cu_seqlens_of(spans: list[Span], device=None) -> Tensor:
     return torch.tensor([0] + [s.end for s in spans], dtype=torch.int32, device=device)
 
 
+def token_indices(bounds: list[tuple[int, int]], device) -> tuple[Tensor, Tensor]:
+    """The token indices [a, b) of each (a, b) in `bounds`, concatenated, and the bound each belongs to."""
+    index = torch.cat([torch.arange(a, b) for a, b in bounds] or [torch.zeros(0, dtype=torch.long)])
+    owner = torch.repeat_interleave(torch.arange(len(bounds)), torch.tensor([b - a for a, b in bounds]))
+    return index.to(device), owner.to(device)
+
+
 def select_packed(spec: TransVSpec, block: nn.Module, h: Tensor, positions: Tensor | None,
                   spans: list[Span]) -> Tensor:
     """Bool [sum of vision lengths]: which vision tokens of the samples, in order, drop at `block`.
 
-    An FSDP2-sharded block is gathered once for all samples, so that every rank runs the same
-    collectives whatever number of samples its micro-batch packs.
+    Attention-guided: each sample's vision tokens are scored by its own last instruction token, all
+    samples in one pass (an FSDP2-sharded block is gathered once, so every rank runs the same
+    collectives whatever number of samples its micro-batch packs).
     """
     if spec.strategy == "uniform":  # on the CPU, then one copy
         return torch.cat([uniform_drop(0, sp.vision_end - sp.vision_start, spec.p) for sp in spans]).to(h.device)
-    drops = []
+    vision, sample = token_indices([(sp.vision_start, sp.vision_end) for sp in spans], h.device)  # [V]
+    if not len(vision):
+        return torch.zeros(0, dtype=torch.bool, device=h.device)
+    last = torch.tensor([sp.instruction_end - 1 for sp in spans], device=h.device)  # [S]
+
+    def at(index: Tensor) -> Tensor | None:
+        return None if positions is None else positions[:, index]
+
     with torch.no_grad(), unsharded(block):  # selection is not differentiable
-        for sp in spans:
-            q, vis = slice(sp.instruction_end - 1, sp.instruction_end), slice(sp.vision_start, sp.vision_end)
-            logits = attention_logits(block.mixer, block.norm, h[:, q], None if positions is None else positions[:, q],
-                                      h[:, vis], None if positions is None else positions[:, vis])
-            drops.append(attention_drop(attention_scores(logits), spec.p))
-    return torch.cat(drops) if drops else torch.zeros(0, dtype=torch.bool, device=h.device)
+        logits = attention_logits(block.mixer, block.norm, h[:, last], at(last), h[:, vision], at(vision))
+        own = logits[:, sample, torch.arange(len(vision), device=h.device)]  # [H, V] under its own query
+        return attention_drop(attention_scores(own, sample), spec.p, sample)
 
 
 def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor | None,
@@ -213,17 +235,13 @@ def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor 
     once: one cross-attention whose mask lets each instruction token see only its own sample's dropped
     tokens. Returns the shortened h and positions, the new spans and the bool mask [T] of kept tokens.
     """
-    def indices(bounds: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:  # token index and sample of each
-        index = torch.cat([torch.arange(a, b) for a, b in bounds] or [torch.zeros(0, dtype=torch.long)])
-        sample = torch.repeat_interleave(torch.arange(len(bounds)), torch.tensor([b - a for a, b in bounds]))
-        return index.to(h.device), sample.to(h.device)
-
-    vision, vision_sample = indices([(sp.vision_start, sp.vision_end) for sp in spans])  # [V]
+    vision, vision_sample = token_indices([(sp.vision_start, sp.vision_end) for sp in spans], h.device)  # [V]
     drop = select_packed(module.spec, block, h, positions, spans)  # [V]
     counts = torch.zeros(len(spans), dtype=torch.long, device=h.device).index_add_(0, vision_sample, drop.long())
     counts = counts.tolist()  # dropped tokens of each sample
     if module.spec.transfers and any(counts):
-        instruction, instruction_sample = indices([(sp.vision_end, sp.instruction_end) for sp in spans])  # [m]
+        instruction, instruction_sample = token_indices([(sp.vision_end, sp.instruction_end) for sp in spans],
+                                                        h.device)  # [m]
         k, v = module.memory(h[0, vision[drop]])  # [Hkv, n, D]
         mask = instruction_sample[:, None] == vision_sample[drop][None]  # [m, n]
         receives = mask.any(1)  # a sample that dropped nothing transfers nothing
