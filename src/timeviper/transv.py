@@ -203,9 +203,10 @@ def token_indices(bounds: list[tuple[int, int]], device) -> tuple[Tensor, Tensor
     return index.to(device), owner.to(device)
 
 
-def select_packed(spec: TransVSpec, block: nn.Module, h: Tensor, positions: Tensor | None,
-                  spans: list[Span]) -> Tensor:
-    """Bool [sum of vision lengths]: which vision tokens of the samples, in order, drop at `block`.
+def select_packed(spec: TransVSpec, block: nn.Module, h: Tensor, positions: Tensor | None, spans: list[Span],
+                  vision: Tensor, sample: Tensor) -> Tensor:
+    """Bool [V]: which of the vision tokens `vision` [V] (of samples `sample` [V], see token_indices) drop
+    at `block`.
 
     Attention-guided: each sample's vision tokens are scored by its own last instruction token, all
     samples in one pass (an FSDP2-sharded block is gathered once, so every rank runs the same
@@ -213,7 +214,6 @@ def select_packed(spec: TransVSpec, block: nn.Module, h: Tensor, positions: Tens
     """
     if spec.strategy == "uniform":  # on the CPU, then one copy
         return torch.cat([uniform_drop(0, sp.vision_end - sp.vision_start, spec.p) for sp in spans]).to(h.device)
-    vision, sample = token_indices([(sp.vision_start, sp.vision_end) for sp in spans], h.device)  # [V]
     if not len(vision):
         return torch.zeros(0, dtype=torch.bool, device=h.device)
     last = torch.tensor([sp.instruction_end - 1 for sp in spans], device=h.device)  # [S]
@@ -236,7 +236,7 @@ def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor 
     tokens. Returns the shortened h and positions, the new spans and the bool mask [T] of kept tokens.
     """
     vision, vision_sample = token_indices([(sp.vision_start, sp.vision_end) for sp in spans], h.device)  # [V]
-    drop = select_packed(module.spec, block, h, positions, spans)  # [V]
+    drop = select_packed(module.spec, block, h, positions, spans, vision, vision_sample)  # [V]
     counts = torch.zeros(len(spans), dtype=torch.long, device=h.device).index_add_(0, vision_sample, drop.long())
     counts = counts.tolist()  # dropped tokens of each sample
     if module.spec.transfers and any(counts):
