@@ -160,3 +160,19 @@ def test_videos_embedded_together_equal_each_alone(model, monkeypatch):
     together = model.embed_frames(videos)  # chunks of 4 frames: [3 + 1], [4], [1]
     assert together.shape == (9 * model.config.tokens_per_frame, LLM.hidden_size)
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_training_builds_float32_master_weights_from_bf16_checkpoints(tmp_path, tokenizer):
+    from timeviper.train import config_from_dict
+    from timeviper.train.build import build_model
+
+    VisionEncoder(SiglipVisionConfig(**VISION)).to(torch.bfloat16).save_pretrained(tmp_path / "siglip")
+    HybridLM(LLM).to(torch.bfloat16).save_pretrained(tmp_path / "llm")
+    tokenizer.save(tmp_path / "llm")
+    assert json.loads((tmp_path / "llm" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    config = config_from_dict({
+        "model": {"llm": str(tmp_path / "llm"), "vision": str(tmp_path / "siglip"), "transv": "uni_2_0.5"},
+        "train": {"max_steps": 1, "global_batch_tokens": 256, "micro_batch_tokens": 256},
+        "data": {"datasets": [{"synth": {"task": "mcq", "seeds": [0, 10], "frames": 4}}]},
+    })
+    assert {p.dtype for p in build_model(config).parameters()} == {torch.float32}

@@ -37,23 +37,25 @@ def tiny_model(spec: dict, transv: str | None) -> TimeViper:
     return TimeViper(config, tokenizer)
 
 
-def build_model(config: Config) -> TimeViper:
+def build_model(config: Config, dtype: torch.dtype = torch.float32, device=None) -> TimeViper:
+    """The model of `config` with its weights in `dtype` (float32: the master weights that training
+    updates; bf16 compute comes from autocast or FSDP2's mixed precision) on `device` (default: CPU)."""
     m = config.model
     if m.llm is not None:
-        model = TimeViper.from_parts(m.vision, m.llm, transv=m.transv or "none")
+        model = TimeViper.from_parts(m.vision, m.llm, transv=m.transv or "none", dtype=dtype, device=device)
     elif m.pretrained is not None:
-        model = TimeViper.from_pretrained(None if m.pretrained == "embedded" else m.pretrained)
+        model = TimeViper.from_pretrained(None if m.pretrained == "embedded" else m.pretrained, dtype, device)
         if m.transv is not None:
             model.set_transv(m.transv)
     else:
-        model = tiny_model(m.tiny, m.transv)
+        model = tiny_model(m.tiny, m.transv).to(device=device, dtype=dtype)
     model.vision.trainable = "vision" in config.train.trainable
     return model
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
+def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     """Write the model of a training checkpoint (or of the newest one in a run directory) to `out` as a
-    TimeViper directory, weights as `dtype` (default fp32); returns the checkpoint used.
+    TimeViper directory, weights as `dtype`; returns the checkpoint used.
 
     The model is built afresh from the checkpoint's config.yaml (frozen parts from their pretrained
     directories) and receives the checkpoint's trained weights, in one process on the CPU.
@@ -63,9 +65,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtyp
     if found is None:
         raise CheckpointError(f"{checkpoint} is neither a complete training checkpoint nor a run directory holding one")
     config = load_config(found / "config.yaml")
-    model = build_model(config)
+    model = build_model(config, dtype)
     random_init = config.model.tiny is not None  # no pretrained source: every weight must be in the checkpoint
     model.requires_grad_(random_init)
     load_model_weights(model, found, DistEnv(0, 0, 1, torch.device("cpu")), require_all=random_init)
-    model.save_pretrained(out, dtype=dtype)
+    model.save_pretrained(out)
     return found
