@@ -71,15 +71,15 @@ def test_batched_generation_of_different_lengths(model):
     assert batched == alone
 
 
-def test_forward_train_packs_two_samples(model, tokenizer):
-    model.train()
-    samples = []
-    for n, answer in ((3, "A red circle."), (2, "Scene 1: a blue square.")):
+ANSWERS = ((3, "A red circle."), (2, "Scene 1: a blue square, then a green star moving left."))
+
+
+def packed_batch(tokenizer, answers) -> dict:
+    """A micro-batch of (frames, answer) samples laid out as timeviper.data.packing does (4 tokens a frame)."""
+    ids, labels, spans, ends, bounds, vids = [], [], [], [], [0], []
+    for n, answer in answers:
         enc = encode_conversation(tokenizer, [{"from": "human", "value": "<video>\nWhat?"},
                                               {"from": "gpt", "value": answer}])
-        samples.append((enc, n))
-    ids, labels, spans, ends, bounds, vids = [], [], [], [], [0], []
-    for enc, n in samples:
         k = n * 4
         off = bounds[-1]
         seq = enc.ids[:enc.vision_at] + [0] * k + enc.ids[enc.vision_at:]
@@ -89,18 +89,31 @@ def test_forward_train_packs_two_samples(model, tokenizer):
         spans.append((off + enc.vision_at, off + enc.vision_at + k))
         ends.append(off + enc.instruction_end + k)
         bounds.append(off + len(seq))
-        vids.append(frames(n))
-    batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-             "position_ids": torch.zeros(1, len(ids), dtype=torch.long), "cu_seqlens": torch.tensor(bounds),
-             "vision_spans": torch.tensor(spans), "instruction_ends": torch.tensor(ends), "frames": vids}
+        vids.append(frames(n, seed=n))
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+            "position_ids": torch.zeros(1, len(ids), dtype=torch.long), "cu_seqlens": torch.tensor(bounds),
+            "vision_spans": torch.tensor(spans), "instruction_ends": torch.tensor(ends), "frames": vids}
+
+
+def test_forward_train_packs_two_samples(model, tokenizer):
+    model.train()
+    batch = packed_batch(tokenizer, ANSWERS)
     loss, count = model.forward_train(batch)
-    assert count == sum(1 for x in labels if x != -100) and torch.isfinite(loss)
+    assert count == int((batch["labels"] != -100).sum()) and torch.isfinite(loss)
     loss.backward()
     assert model.projector.mlp[0].weight.grad.abs().sum() > 0
     assert model.transv["2"].q_proj.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.vision.parameters())
     model.zero_grad()
     model.eval()
+
+
+def test_sample_average_weighs_every_sample_alike(model, tokenizer):
+    with torch.no_grad():
+        alone = [model.forward_train(packed_batch(tokenizer, [a])) for a in ANSWERS]  # (sum, tokens) each
+        loss, count = model.forward_train(packed_batch(tokenizer, ANSWERS), average="sample")
+    assert alone[0][1] != alone[1][1] and count == 2
+    torch.testing.assert_close(loss, sum(s / n for s, n in alone), rtol=1e-5, atol=1e-5)
 
 
 def test_from_parts(tmp_path, tokenizer):

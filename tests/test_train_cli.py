@@ -124,7 +124,8 @@ def test_overrides_on_the_command_line(tmp_path, capsys):
     for bad, message in [("train.max_step=2", "train.max_step: unknown key"),
                          ("max_steps", "is not KEY=VALUE"),
                          ("train.max_steps.x=1", "train.max_steps is not a mapping"),
-                         ("optim.lr=[", "not valid YAML")]:
+                         ("optim.lr=[", "not valid YAML"),
+                         ("train.loss_average=mean", "train.loss_average: must be token or sample")]:
         capsys.readouterr()
         assert main(["train", "--config", str(config), "--output", str(tmp_path / "x"), "--set", bad]) == 1
         assert message in capsys.readouterr().err, bad
@@ -145,3 +146,12 @@ def test_two_ranks_train_on_the_batches_of_one(tmp_path):
     assert [m["samples"] for m in one] == [m["samples"] for m in two]
     for a, b in zip(one, two):
         assert abs(a["loss"] - b["loss"]) < 1e-5, (one, two)
+
+
+def test_sample_averaged_loss(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(tiny_config(tmp_path / "tiny.yaml")), "--output", str(out),
+                 "--set", "train.loss_average=sample"]) == 0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["loss_samples"] >= 1 and "loss_tokens" not in m for m in metrics)
+    assert sum(m["loss_samples"] for m in metrics) <= metrics[-1]["samples"]  # drawn: trained or buffered

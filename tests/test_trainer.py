@@ -51,7 +51,8 @@ class TinyVLM(nn.Module):
         self.llm.layers = nn.ModuleList([Block(dim), Block(dim, transv=True)])
         self.llm.head = nn.Linear(dim, vocab)
 
-    def forward_train(self, batch):
+    def forward_train(self, batch, average="token"):
+        assert average == "token"
         x = self.llm.embed(batch["input_ids"])[0]
         for (start, end), frames in zip(batch["vision_spans"].tolist(), batch["frames"]):
             if frames is not None:
@@ -134,11 +135,11 @@ def test_a_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
     interrupted = make_trainer(config, tmp_path / "resumed")
     calls, forward = [0], interrupted.model.forward_train
 
-    def dies_in_step_5(batch):
+    def dies_in_step_5(batch, average):
         calls[0] += 1
         if calls[0] > 4 * interrupted.grad_accum:
             raise KeyboardInterrupt
-        return forward(batch)
+        return forward(batch, average)
 
     interrupted.model.forward_train = dies_in_step_5
     with pytest.raises(KeyboardInterrupt):

@@ -130,8 +130,13 @@ class TimeViper(nn.Module):
                 on_frames(frames.shape[0])
 
     # --- training ----------------------------------------------------------------------------------------
-    def forward_train(self, batch: dict) -> tuple[Tensor, Tensor]:
-        """A packed micro-batch (see timeviper.data.packing) -> (summed token loss, number of loss tokens)."""
+    def forward_train(self, batch: dict, average: str = "token") -> tuple[Tensor, Tensor]:
+        """A packed micro-batch (see timeviper.data.packing) -> (summed loss, what it is to be divided by).
+
+        `average` "token": every loss token weighs 1, divided by their number. "sample": the loss tokens
+        of a sample share a weight of 1, divided by the number of samples, so a one-letter answer
+        counts as much as a long caption.
+        """
         ids = batch["input_ids"].to(self.device)
         h = self.llm.embed_tokens(ids)  # [1, T, C]
         videos = [(start, end, frames) for (start, end), frames in zip(batch["vision_spans"].tolist(), batch["frames"])
@@ -145,8 +150,13 @@ class TimeViper(nn.Module):
         labels = batch["labels"].to(self.device)[0, index]
         learn = labels != -100
         _, logits = self.llm.head(out[:, learn])
-        loss = F.cross_entropy(logits[0], labels[learn], reduction="sum")
-        return loss, learn.sum()
+        loss = F.cross_entropy(logits[0], labels[learn], reduction="none")  # [n] per loss token
+        if average == "token":
+            return loss.sum(), learn.sum()
+        bounds = batch["cu_seqlens"].to(self.device)
+        sample = torch.searchsorted(bounds, index[learn], right=True) - 1  # [n] the sample of each loss token
+        tokens = torch.zeros(len(bounds) - 1, device=self.device).index_add_(0, sample, torch.ones_like(loss))
+        return (loss / tokens[sample]).sum(), (tokens > 0).sum()
 
     def flops_per_token(self, seq_len: int = 8192, frames: int = 0, loss_tokens: int | None = None) -> float:
         """Model FLOPs of one training step (forward and backward) per token of a sample of `seq_len` tokens,

@@ -73,9 +73,12 @@ class TrainConfig:
     bf16: bool = True
     activation_checkpointing: bool = False
     seed: int = 0
+    loss_average: str = "token"  # token: every loss token weighs the same; sample: every sample does
 
     def __post_init__(self):
         _require(self.stage in STAGE_TRAINABLE, "stage", f"must be 1 or 2, got {self.stage}")
+        _require(self.loss_average in ("token", "sample"), "loss_average",
+                 f"must be token or sample, got {self.loss_average!r}")
         if self.trainable is None:
             self.trainable = list(STAGE_TRAINABLE[self.stage])
         _require(

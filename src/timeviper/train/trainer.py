@@ -1,10 +1,11 @@
 """The training loop, independent of what the model is.
 
-The model is any ``nn.Module`` with ``forward_train(batch) -> (loss_sum, num_loss_tokens)``:
-the cross-entropy *summed* over the batch's loss tokens (computed in fp32) and how many there
-were. The trainer sums both over the micro-batches of a step and over ranks, and divides the
-gradients by the global token count, so every loss token of a step weighs the same whatever
-micro-batch or rank it fell in: the result equals one big batch's mean token loss.
+The model is any ``nn.Module`` with ``forward_train(batch, average) -> (loss_sum, divisor)``: the
+cross-entropy *summed* over the batch's loss tokens (computed in fp32) and how many there were
+(``average="token"``; with ``"sample"`` each sample's tokens share a weight of 1 and the divisor
+counts samples). The trainer sums both over the micro-batches of a step and over ranks, and
+divides the gradients by the global divisor, so every loss token (or sample) of a step weighs the
+same whatever micro-batch or rank it fell in: the result equals one big batch's mean loss.
 
 The training data is any iterator of batches (the model's input) with ``state_dict()``,
 ``load_state_dict(state)`` and ``skips`` (:class:`~timeviper.data.SkipStats`), such as
@@ -145,7 +146,7 @@ class Trainer:
             waited += time.perf_counter() - clock
             batch = _to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._autocast):
-                loss, count = self.model.forward_train(batch)
+                loss, count = self.model.forward_train(batch, self.config.train.loss_average)
             loss.backward()
             loss_sum += loss.detach()
             loss_tokens += count
@@ -160,7 +161,8 @@ class Trainer:
         metrics = {"loss": loss_sum / loss_tokens, "lr": self.config.optim.lr * factor}
         if self._has_transv:
             metrics["transv_lr"] = self.config.optim.transv_lr * factor
-        return {**metrics, "grad_norm": grad_norm, "tokens": int(tokens), "loss_tokens": int(loss_tokens),
+        divisor = "loss_tokens" if self.config.train.loss_average == "token" else "loss_samples"
+        return {**metrics, "grad_norm": grad_norm, "tokens": int(tokens), divisor: int(loss_tokens),
                 "data_wait_s": waited}
 
     def _rates(self, steps: int, tokens: int, seconds: float, data_wait: float) -> dict:
