@@ -39,8 +39,7 @@ def _conv_torch(x, weight, bias, initial_state, cu_seqlens, activation):
         xs[:, window] = initial_state.to(x.dtype).view(b, S, C, K1).transpose(-1, -2)
     y = F.conv1d(xs.transpose(1, 2).to(weight.dtype), weight[:, None], bias, groups=C)  # [b, C, T + K1 (S - 1)]
     y = y[..., torch.arange(T, device=x.device) + K1 * seq]  # output j covers inputs j .. j + K-1
-    lengths = torch.tensor(lengths, device=x.device)
-    final = xs[:, window + lengths[:, None]]  # [b, S, K-1, C] the last K-1 inputs of each sequence
+    final = xs[:, window + torch.tensor(lengths, device=x.device)[:, None]]  # [b, S, K-1, C] the last K-1 inputs
     return _activate(y, activation).transpose(1, 2).to(x.dtype), final.transpose(-1, -2).reshape(b * S, C, K1)
 
 
