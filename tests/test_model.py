@@ -108,6 +108,17 @@ def test_forward_train_packs_two_samples(model, tokenizer):
     model.eval()
 
 
+def test_forward_train_under_bf16_autocast_follows_float32(model, tokenizer):
+    """The trainer runs the packed forward under bf16 autocast on one GPU; CPU autocast casts the same ops."""
+    batch = packed_batch(tokenizer, ANSWERS)
+    with torch.no_grad():
+        exact, _ = model.forward_train(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed, _ = model.forward_train(batch)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, exact, rtol=2e-2, atol=0)
+
+
 def test_sample_average_weighs_every_sample_alike(model, tokenizer):
     with torch.no_grad():
         alone = [model.forward_train(packed_batch(tokenizer, [a])) for a in ANSWERS]  # (sum, tokens) each

@@ -52,12 +52,15 @@ def segsum(a: Tensor) -> Tensor:
     return out.masked_fill(~torch.tril(torch.ones(L, L, dtype=torch.bool, device=a.device)), -torch.inf)
 
 
+@torch.autocast("cuda", enabled=False)
+@torch.autocast("cpu", enabled=False)
 def ssd_chunked(x, dt, A, B, C, initial_state=None, cu_seqlens=None, chunk_size=128):
     """Pure PyTorch chunked SSD (the ssd_minimal algorithm); same contract as `ssd_scan`.
 
     Packed sequences are laid out so that each starts a new chunk; the recurrence over chunk states then
     runs over "slots" (each sequence's initial state, then its chunks) and never crosses a sequence.
-    Math in float32 (float64 for float64 inputs), differentiable, O(T * chunk_size) memory."""
+    Math in float32 (float64 for float64 inputs), also under autocast; differentiable, O(T * chunk_size)
+    memory."""
     b, T, H, P = x.shape
     G, N = B.shape[-2:]
     L, R, dev = chunk_size, H // G, x.device
