@@ -66,6 +66,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config.optim)
         self._has_transv = any(g["name"].startswith("transv") for g in self.optimizer.param_groups)
         self.schedule = Schedule.from_config(config.optim, config.train.max_steps)
+        if self.env.device.type == "cuda":
+            # cuDNN's fused attention plans every new shape at ~10 ms of CPU a call, and packed micro-batches
+            # change shape every step: the flash and memory-efficient kernels serve them without that cost
+            torch.backends.cuda.enable_cudnn_sdp(False)
         # one process: bf16 autocast; sharded: FSDP's mixed precision computes in bf16
         self._autocast = config.train.bf16 and self.env.device.type == "cuda" and self.env.world_size == 1
 
