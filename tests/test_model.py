@@ -180,7 +180,8 @@ def test_videos_embedded_together_equal_each_alone(model, monkeypatch):
 
     videos = [frames(3, seed=1), torch.randint(0, 256, (5, 24, 30, 3), dtype=torch.uint8), frames(1, seed=2)]
     alone = torch.cat([model.embed_frames(v) for v in videos])
-    monkeypatch.setattr(timeviper.model, "VISION_PATCHES_PER_CHUNK", 4 * model.vision.num_patches)
+    monkeypatch.setattr(timeviper.model, "VISION_CHUNK_ELEMENTS",
+                        4 * model.vision.num_patches * model.vision.config.hidden_size)
     together = model.embed_frames(videos)  # chunks of 4 frames: [3 + 1], [4], [1]
     assert together.shape == (9 * model.config.tokens_per_frame, LLM.hidden_size)
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)

@@ -30,7 +30,7 @@ from timeviper.vision.preprocess import preprocess_frames
 from timeviper.vision.projector import Projector
 
 EMBEDDED = Path(__file__).parent / "assets" / "embedded"
-VISION_PATCHES_PER_CHUNK = 64 * 729  # patches through the vision encoder at once
+VISION_CHUNK_ELEMENTS = 64 * 729 * 1152  # patch features through the vision encoder at once (64 so400m frames)
 
 
 @dataclass
@@ -108,18 +108,21 @@ class TimeViper(nn.Module):
         """uint8 frames [F, H, W, 3], or several videos of such frames (of any sizes) -> vision tokens
         [(sum of F) * tokens_per_frame, C], in order.
 
-        The encoder and projector take VISION_PATCHES_PER_CHUNK patches at a time (64 so400m frames,
-        hundreds of small ones), cut across videos, so that many short videos cost few large steps.
+        The encoder and projector take frames of VISION_CHUNK_ELEMENTS patch features at a time (64 so400m
+        frames, thousands of small ones), cut across videos, so that many short videos cost few large steps.
         """
         videos = [videos] if isinstance(videos, Tensor) else videos
-        step = max(1, VISION_PATCHES_PER_CHUNK // self.vision.num_patches)  # frames per chunk
+        per_frame = self.vision.num_patches * self.vision.config.hidden_size
+        step = max(1, VISION_CHUNK_ELEMENTS // per_frame)  # frames per chunk
         starts = [0, *itertools.accumulate(len(v) for v in videos)]
         tokens = []
         for a in range(0, starts[-1], step):  # frames [a, a + step) of all videos in a row
-            pixels = torch.cat([
-                preprocess_frames(v[max(a - s, 0):a + step - s], size=self.vision.config.image_size,
-                                  dtype=self.dtype, device=self.device)
-                for v, s, e in zip(videos, starts, starts[1:]) if s < a + step and e > a])
+            parts = [v[max(a - s, 0):a + step - s] for v, s, e in zip(videos, starts, starts[1:])
+                     if s < a + step and e > a]
+            pixels = torch.cat([  # one preprocessing call per run of videos of one frame size
+                preprocess_frames(torch.cat(list(run)), size=self.vision.config.image_size, dtype=self.dtype,
+                                  device=self.device)
+                for _, run in itertools.groupby(parts, key=lambda part: part.shape[1:])])
             tokens.append(self.projector(self.vision.encode(pixels, step)).flatten(0, 1))
         return torch.cat(tokens)
 
@@ -142,7 +145,7 @@ class TimeViper(nn.Module):
         videos = [(start, end, frames) for (start, end), frames in zip(batch["vision_spans"].tolist(), batch["frames"])
                   if frames is not None and end > start]
         if videos:  # every sample's frames through the encoder together
-            rows = torch.cat([torch.arange(start, end, device=self.device) for start, end, _ in videos])
+            rows = torch.cat([torch.arange(start, end) for start, end, _ in videos]).to(self.device)
             vision = self.embed_frames([frames for *_, frames in videos])
             h = h.index_put((torch.zeros_like(rows), rows), vision.to(h.dtype))
         positions = batch["position_ids"].to(self.device) if self.config.llm.rope_theta is not None else None

@@ -70,6 +70,7 @@ class Trainer:
             # cuDNN's fused attention plans every new shape at ~10 ms of CPU a call, and packed micro-batches
             # change shape every step: the flash and memory-efficient kernels serve them without that cost
             torch.backends.cuda.enable_cudnn_sdp(False)
+            torch.set_float32_matmul_precision("high")  # TF32 for what stays in float32 (the SSD's PyTorch path)
         # one process: bf16 autocast; sharded: FSDP's mixed precision computes in bf16
         self._autocast = config.train.bf16 and self.env.device.type == "cuda" and self.env.world_size == 1
 

@@ -36,6 +36,7 @@ def preprocess_frames(frames: torch.Tensor, size: int = 384, mean=(0.5, 0.5, 0.5
     step = max(1, _CHUNK_ELEMENTS // (3 * height * width))
     for start in range(0, count, step):
         x = frames[start:start + step].to(device).permute(0, 3, 1, 2).float()  # [t, 3, H, W]
-        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        out[start:start + step] = x.clamp_(0, 255) * scale + shift
+        if (height, width) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 255)
+        out[start:start + step] = x * scale + shift
     return out
