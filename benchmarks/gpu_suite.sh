@@ -4,6 +4,11 @@
 #   llm vision tests capacity-tokens capacity-frames      speed, GPU tests, frames per GPU
 #   probe-embedded   24 steps of configs/embedded.yaml: step time, data wait, a profile of steps 20-22
 #                    (PROBE_SET="--set train.micro_batch_tokens=65536 --set data.lookahead=64" tries a variant)
+#   embedded         train the embedded model on from EMBEDDED_FROM (default checkpoints/embedded-wip) for
+#                    EMBEDDED_SECONDS (default 420) at a constant learning rate, on the data order of EMBEDDED_SEED
+#                    (required: a new one for every segment, or it sees the samples of the last one again;
+#                    EMBEDDED_SET: more overrides), then export it in bf16 to OUT/embedded, with its metrics
+#                    and a profile of steps 6-8
 #   tiny-gpu         configs/tiny-gpu.yaml on one GPU (300 steps; the loss must fall)
 #   tiny-fsdp        the same on two GPUs (FSDP2), compared with tiny-gpu's losses
 #   train-throughput Nano-9B + so400m training speed and MFU over every GPU (FSDP2)
@@ -29,6 +34,16 @@ for step in "$@"; do
         --set logging.every=2 --set "logging.profile_steps=[20, 22]" ${PROBE_SET:-}
       cp /tmp/probe-embedded/metrics.jsonl "$out/probe_embedded.jsonl"
       cp /tmp/probe-embedded/profile/ops-rank-0.txt "$out/probe_embedded_ops.txt" ;;
+    embedded)
+      rm -rf /tmp/embedded  # a segment starts afresh from EMBEDDED_FROM
+      $train --config configs/embedded.yaml --output /tmp/embedded --max-seconds "${EMBEDDED_SECONDS:-420}" \
+        --set model.tiny=null --set model.pretrained="${EMBEDDED_FROM:-checkpoints/embedded-wip}" \
+        --set optim.scheduler=constant --set train.max_steps=100000 --set optim.warmup_ratio=0.0005 \
+        --set train.seed="${EMBEDDED_SEED:?each segment needs a data seed of its own}" \
+        --set logging.every=10 --set "logging.profile_steps=[6, 8]" ${EMBEDDED_SET:-}
+      cp /tmp/embedded/metrics.jsonl "$out/embedded_metrics.jsonl"
+      cp /tmp/embedded/profile/ops-rank-0.txt "$out/embedded_ops.txt"
+      python3 -m timeviper.cli export /tmp/embedded --out "$out/embedded" --dtype bfloat16 ;;
     tiny-gpu)
       timeout 400 $train --config configs/tiny-gpu.yaml --output /tmp/tiny-gpu-1 \
         && cp /tmp/tiny-gpu-1/metrics.jsonl "$out/tiny_gpu_1.jsonl" ;;

@@ -50,6 +50,13 @@ def test_train_resume_and_export(tmp_path):
                                                                                         max_new_tokens=2), str)
 
 
+def test_max_seconds_stops_the_run_with_a_checkpoint(tmp_path):
+    config, out = tiny_config(tmp_path / "tiny.yaml"), tmp_path / "run"
+    assert main(["train", "--config", str(config), "--output", str(out), "--max-seconds", "0"]) == 0
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert (out / "checkpoint-1" / "COMPLETE").is_file()
+
+
 def test_a_finished_run_is_not_overwritten(tmp_path, capsys):
     config, out = tiny_config(tmp_path / "tiny.yaml"), tmp_path / "run"
     assert main(["train", "--config", str(config), "--output", str(out), "--max-steps", "1"]) == 0

@@ -203,6 +203,19 @@ def test_max_steps_stops_early_on_the_same_schedule_and_a_used_directory_is_refu
         make_trainer(config, tmp_path / "out").fit()
 
 
+def test_max_seconds_ends_at_the_first_step_past_the_budget_and_the_run_resumes_on_schedule(tmp_path):
+    config = make_config(tmp_path)
+    assert make_trainer(config, tmp_path / "out").fit(max_seconds=0) == 1  # every step ends past 0 s
+    assert (tmp_path / "out" / "checkpoint-1" / "COMPLETE").is_file()
+    assert make_trainer(config, tmp_path / "out").fit(resume=True, max_seconds=3600) == 6
+    make_trainer(config, tmp_path / "whole").fit()
+
+    def steps(run):
+        return [(m["step"], m["lr"], m["loss"]) for m in read_metrics(tmp_path / run)]
+
+    assert steps("out") == steps("whole") and len(steps("whole")) == 6
+
+
 def test_the_step_gradient_is_the_mean_over_all_loss_tokens(tmp_path):
     config = make_config(tmp_path, global_batch_tokens=192)  # three micro-batches a step
     trainer = make_trainer(config, tmp_path / "out")

@@ -120,7 +120,7 @@ def cmd_train(args) -> None:
                                 tokens_per_frame=model.config.tokens_per_frame, rank=env.rank,
                                 world_size=env.world_size)
         trainer = Trainer(config, model, data, args.output, blocks=list(model.llm.layers))
-        trainer.fit(max_steps=args.max_steps, resume=args.resume)
+        trainer.fit(max_steps=args.max_steps, resume=args.resume, max_seconds=args.max_seconds)
         if env.is_main and args.export:  # from the checkpoint written at the stop: no gathering of shards
             export_checkpoint(args.output, args.export, getattr(torch, args.export_dtype))
     finally:
@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/train")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this step (the schedule is unchanged)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop after the first step that ends this long after the start (the schedule is unchanged)")
     p.add_argument("--export", default=None, help="also save the trained model as a TimeViper directory")
     p.add_argument("--export-dtype", choices=DTYPES, default="float32",
                    help="dtype of the exported weights (bfloat16: half the size)")

@@ -74,14 +74,16 @@ class Trainer:
         # one process: bf16 autocast; sharded: FSDP's mixed precision computes in bf16
         self._autocast = config.train.bf16 and self.env.device.type == "cuda" and self.env.world_size == 1
 
-    def fit(self, max_steps: int | None = None, resume: bool = False) -> int:
+    def fit(self, max_steps: int | None = None, resume: bool = False, max_seconds: float | None = None) -> int:
         """Train up to step ``max_steps`` (default and at most ``train.max_steps``) and return the last step.
 
-        ``max_steps`` stops the run early without changing the schedule; a checkpoint is written
-        at the stop. With ``resume`` the run continues from the latest complete checkpoint in
-        ``output_dir`` (or starts afresh if there is none).
+        ``max_steps`` stops the run early without changing the schedule, and so does ``max_seconds``: the
+        first step to end that long after the call began is the last (every rank stops at the same step). A
+        checkpoint is written at the stop. With ``resume`` the run continues from the latest complete
+        checkpoint in ``output_dir`` (or starts afresh if there is none).
         """
         cfg = self.config
+        started = time.perf_counter()
         stop = min(max_steps or cfg.train.max_steps, cfg.train.max_steps)
         step = self._start(resume)
         logger = MetricsLogger(
@@ -99,6 +101,8 @@ class Trainer:
                     metrics = self._train_step(step)
                     profiler.step()
                     step += 1
+                    if max_seconds is not None and self._out_of_time(time.perf_counter() - started, max_seconds):
+                        stop = step
                     tokens_since_log += metrics["tokens"]
                     waited += metrics.pop("data_wait_s")
                     logger.advance()
@@ -169,6 +173,11 @@ class Trainer:
         divisor = "loss_tokens" if self.config.train.loss_average == "token" else "loss_samples"
         return {**metrics, "grad_norm": grad_norm, "tokens": int(tokens), divisor: int(loss_tokens),
                 "data_wait_s": waited}
+
+    def _out_of_time(self, elapsed: float, budget: float) -> bool:
+        """Whether any rank has used up the time budget (so that all stop at the same step)."""
+        late = torch.tensor(float(elapsed >= budget), device=self.env.device)
+        return bool(all_reduce_sum(late) > 0)
 
     def _rates(self, steps: int, tokens: int, seconds: float, data_wait: float) -> dict:
         """Speed over the last logging interval of `steps` steps; ``data_wait`` is the share of its time
