@@ -38,10 +38,14 @@ def answer(args, instruction: str) -> tuple[str, int, float]:
 
     chunks = frame_chunks(args.video, args.fps, args.max_frames, args.sampling, args.chunk_frames)  # opens it
     model = load_model(args)
-    start = time.perf_counter()
+    start, frames = time.perf_counter(), 0
     with tqdm(desc="frames", unit="frame", disable=args.quiet, file=sys.stderr, leave=False) as bar:
-        text = model.generate([(chunks, instruction)], max_new_tokens=args.max_new_tokens, progress=bar.update)[0]
-        frames = bar.n
+        def read(n: int) -> None:  # a disabled bar counts nothing
+            nonlocal frames
+            frames += n
+            bar.update(n)
+
+        text = model.generate([(chunks, instruction)], max_new_tokens=args.max_new_tokens, progress=read)[0]
     return text, frames, time.perf_counter() - start
 
 
