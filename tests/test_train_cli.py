@@ -55,6 +55,8 @@ def test_max_seconds_stops_the_run_with_a_checkpoint(tmp_path):
     assert main(["train", "--config", str(config), "--output", str(out), "--max-seconds", "0"]) == 0
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     assert (out / "checkpoint-1" / "COMPLETE").is_file()
+    assert main(["train", "--config", str(config), "--output", str(tmp_path / "late"), "--max-seconds", "-5"]) == 1
+    assert not (tmp_path / "late" / "metrics.jsonl").exists()
 
 
 def test_a_finished_run_is_not_overwritten(tmp_path, capsys):

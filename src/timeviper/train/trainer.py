@@ -25,7 +25,7 @@ import yaml
 from torch import nn
 
 from timeviper.data.records import SkipStats
-from timeviper.errors import TimeViperError
+from timeviper.errors import ConfigError, TimeViperError
 from timeviper.train.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
 from timeviper.train.config import Config
 from timeviper.train.distributed import all_reduce_sum, init_distributed, parallelize, print0
@@ -82,6 +82,8 @@ class Trainer:
         checkpoint is written at the stop. With ``resume`` the run continues from the latest complete
         checkpoint in ``output_dir`` (or starts afresh if there is none).
         """
+        if max_seconds is not None and not max_seconds >= 0:
+            raise ConfigError(f"max_seconds must be a number of seconds >= 0, got {max_seconds}")
         cfg = self.config
         started = time.perf_counter()
         stop = min(max_steps or cfg.train.max_steps, cfg.train.max_steps)
