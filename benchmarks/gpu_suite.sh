@@ -8,7 +8,8 @@
 #                    EMBEDDED_SECONDS (default 420) at a constant learning rate, on the data order of EMBEDDED_SEED
 #                    (required: a new one for every segment, or it sees the samples of the last one again;
 #                    EMBEDDED_SET: more overrides), then export it in bf16 to OUT/embedded, with its metrics
-#                    and a profile of steps 6-8
+#                    and a profile of steps 6-8; EMBEDDED_VISION_STEPS=N first pretrains the vision front on
+#                    labelled frames for N steps (timeviper.synth.pretrain_vision)
 #   tiny-gpu         configs/tiny-gpu.yaml on one GPU (300 steps; the loss must fall)
 #   tiny-fsdp        the same on two GPUs (FSDP2), compared with tiny-gpu's losses
 #   train-throughput Nano-9B + so400m training speed and MFU over every GPU (FSDP2)
@@ -35,9 +36,16 @@ for step in "$@"; do
       cp /tmp/probe-embedded/metrics.jsonl "$out/probe_embedded.jsonl"
       cp /tmp/probe-embedded/profile/ops-rank-0.txt "$out/probe_embedded_ops.txt" ;;
     embedded)
-      rm -rf /tmp/embedded  # a segment starts afresh from EMBEDDED_FROM
+      rm -rf /tmp/embedded /tmp/embedded-vision  # a segment starts afresh from EMBEDDED_FROM
+      from=${EMBEDDED_FROM:-checkpoints/embedded-wip}
+      if [ -n "${EMBEDDED_VISION_STEPS:-}" ]; then
+        timeout 240 python3 -m timeviper.synth.pretrain_vision --model "$from" --out /tmp/embedded-vision \
+          --steps "$EMBEDDED_VISION_STEPS" --workers 12 --seed "$EMBEDDED_SEED" || exit 1
+        cp /tmp/embedded-vision/vision_pretraining.json "$out/"
+        from=/tmp/embedded-vision
+      fi
       $train --config configs/embedded.yaml --output /tmp/embedded --max-seconds "${EMBEDDED_SECONDS:-420}" \
-        --set model.tiny=null --set model.pretrained="${EMBEDDED_FROM:-checkpoints/embedded-wip}" \
+        --set model.tiny=null --set model.pretrained="$from" \
         --set optim.scheduler=constant --set train.max_steps=100000 --set optim.warmup_ratio=0.0005 \
         --set train.seed="${EMBEDDED_SEED:?each segment needs a data seed of its own}" \
         --set logging.every=10 --set "logging.profile_steps=[6, 8]" ${EMBEDDED_SET:-}
