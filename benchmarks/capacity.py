@@ -30,6 +30,7 @@ from timeviper.synth.tokenizer import train_tokenizer  # noqa: E402
 
 SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
               image_size=384, patch_size=14)
+WARMUP_FRAMES = 64
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
                    patch_size=14)
 TINY_LLM = LMConfig(vocab_size=1024, hidden_size=64, pattern="M-M-M-M*-M-M-M*-", num_heads=4, num_kv_heads=2,
@@ -96,6 +97,18 @@ def run(model: TimeViper, frames: int, chunk: int, vision: str, new_tokens: int)
             "generated": len(out[0])}
 
 
+def predict_seconds(done: list[dict], frames: int) -> float:
+    """Seconds a run of `frames` takes, from the runs before it: t = b n + c n^2 (attention grows with n^2)
+    through the last two, or all of it quadratic from a single run (pessimistic)."""
+    (n2, t2) = (done[-1]["frames"], done[-1]["total_s"])
+    if len(done) == 1:
+        return t2 * (frames / n2) ** 2
+    n1, t1 = done[-2]["frames"], done[-2]["total_s"]
+    c = max(0.0, (t2 / n2 - t1 / n1) / (n2 - n1))  # from t/n = b + c n at both points
+    b = max(0.0, t2 / n2 - c * n2)
+    return b * frames + c * frames**2
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", default="2000,10000,100000")
@@ -116,11 +129,13 @@ def main(argv=None):
         if args.tiny:
             spec = spec.replace("_7_", "_3_").replace("_39_", "_14_")
         model.set_transv(spec)
-        last = None
+        with torch.inference_mode():  # compiles and autotunes the kernels of this setting, untimed
+            run(model, WARMUP_FRAMES, args.chunk, args.vision, 2)
+        done = []
         for frames in map(int, args.frames.split(",")):
             row = {"transv": spec, "frames": frames, "vision": args.vision}
-            if last is not None:  # attention makes time grow up to quadratically: predict pessimistically
-                predicted = last["total_s"] * (frames / last["frames"]) ** 2
+            if done:
+                predicted = predict_seconds(done, frames)
                 if time.perf_counter() - began + predicted > args.budget_s:
                     row["error"] = f"skipped: predicted {predicted:.0f} s exceeds the time budget"
                     rows.append(row)
@@ -131,7 +146,7 @@ def main(argv=None):
                 with torch.inference_mode():
                     row.update(run(model, frames, args.chunk, args.vision, args.new_tokens))
                 row["peak_gib"] = peak_memory_gib()
-                last = row
+                done.append(row)
             except torch.OutOfMemoryError:
                 row["error"] = "out of memory"
             rows.append(row)

@@ -2,6 +2,7 @@
 # The GPU runs behind docs/benchmarks.md. Results land in ${OUT:-benchmarks/results}.
 # Usage: bash benchmarks/gpu_suite.sh STEP [STEP ...]
 #   llm vision tests capacity-tokens capacity-frames      speed, GPU tests, frames per GPU
+#                    (capacity-tokens: CAPACITY_FRAMES, CAPACITY_TRANSV, CAPACITY_BUDGET_S pick the runs)
 #   probe-embedded   24 steps of configs/embedded.yaml: step time, data wait, a profile of steps 20-22
 #                    (PROBE_SET="--set train.micro_batch_tokens=65536 --set data.lookahead=64" tries a variant)
 #   embedded         train the embedded model on from EMBEDDED_FROM (default checkpoints/embedded-wip) for
@@ -26,8 +27,11 @@ for step in "$@"; do
     llm) timeout 270 python3 benchmarks/llm_throughput.py --out "$out/llm_throughput.json" ;;
     vision) timeout 120 python3 benchmarks/vision_throughput.py --seconds 1 --out "$out/vision_throughput.json" ;;
     tests) timeout 300 python3 -m pytest -q -p no:cacheprovider --durations=10 -m gpu "${GPU_TESTS:-tests/}" ;;
-    capacity-tokens) timeout 150 python3 benchmarks/capacity.py --vision tokens --frames 10000,100000 \
-                       --budget-s 120 --out "$out/capacity_tokens.json" ;;
+    capacity-tokens) budget=${CAPACITY_BUDGET_S:-240}  # runs predicted to end later are skipped
+                     timeout $((budget + 60)) python3 benchmarks/capacity.py --vision tokens \
+                       --frames "${CAPACITY_FRAMES:-2000,10000,100000}" \
+                       --transv "${CAPACITY_TRANSV:-none,uni_7_0.5,uni_7_0.5-attn_39_0.9}" \
+                       --budget-s "$budget" --out "$out/capacity_tokens.json" ;;
     capacity-frames) timeout 560 python3 benchmarks/capacity.py --vision frames --frames 100000 \
                        --transv uni_7_0.5-attn_39_0.9 --out "$out/capacity_frames.json" ;;
     probe-embedded)
@@ -53,8 +57,8 @@ for step in "$@"; do
       cp /tmp/embedded/profile/ops-rank-0.txt "$out/embedded_ops.txt"
       python3 -m timeviper.cli export /tmp/embedded --out "$out/embedded" --dtype bfloat16 ;;
     tiny-gpu)
-      timeout 400 $train --config configs/tiny-gpu.yaml --output /tmp/tiny-gpu-1 \
-        && cp /tmp/tiny-gpu-1/metrics.jsonl "$out/tiny_gpu_1.jsonl" ;;
+      timeout 400 $train --config configs/tiny-gpu.yaml --output /tmp/tiny-gpu-1
+      cp /tmp/tiny-gpu-1/metrics.jsonl "$out/tiny_gpu_1.jsonl" ;;  # the steps logged, even if cut short
     tiny-fsdp)
       timeout 400 torchrun --standalone --nproc_per_node 2 -m timeviper.cli train --config configs/tiny-gpu.yaml \
         --output /tmp/tiny-gpu-2 && cp /tmp/tiny-gpu-2/metrics.jsonl "$out/tiny_gpu_2.jsonl" \
