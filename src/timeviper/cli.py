@@ -123,8 +123,11 @@ def cmd_train(args) -> None:
                                                          system=model.config.system_prompt),
                                 tokens_per_frame=model.config.tokens_per_frame, rank=env.rank,
                                 world_size=env.world_size)
-        trainer = Trainer(config, model, data, args.output, blocks=list(model.llm.layers))
-        trainer.fit(max_steps=args.max_steps, resume=args.resume, max_seconds=args.max_seconds)
+        try:
+            trainer = Trainer(config, model, data, args.output, blocks=list(model.llm.layers))
+            trainer.fit(max_steps=args.max_steps, resume=args.resume, max_seconds=args.max_seconds)
+        finally:
+            data.close()
         if env.is_main and args.export:  # from the checkpoint written at the stop: no gathering of shards
             export_checkpoint(args.output, args.export, getattr(torch, args.export_dtype))
     finally:

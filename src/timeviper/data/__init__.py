@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from timeviper.data.mixture import Mixture
 from timeviper.data.packing import PackedStream, RankShare, collate
+from timeviper.data.prefetch import Prefetcher
 from timeviper.data.records import (
     IGNORE_INDEX,
     SKIP_REASONS,
@@ -31,6 +32,7 @@ __all__ = [
     "ConversationDataset",
     "Mixture",
     "PackedStream",
+    "Prefetcher",
     "RankShare",
     "RecordFile",
     "Sample",
@@ -52,8 +54,9 @@ def build_train_data(
     rank: int = 0,
     world_size: int = 1,
     load_video: Callable | None = None,
-) -> PackedStream | RankShare:
-    """The packed micro-batch stream of ``rank`` for a training config.
+) -> Prefetcher:
+    """The packed micro-batch stream of ``rank`` for a training config, made one micro-batch ahead in a
+    background thread (``close()`` it when done).
 
     ``tokenize`` and ``tokens_per_frame`` come from the model (chat template, vision tokens per
     frame after merging), e.g. ``functools.partial(timeviper.prompts.encode_conversation, tokenizer)``;
@@ -92,4 +95,4 @@ def build_train_data(
         max_skip_fraction=data.max_skip_fraction,
         min_samples=data.skip_check_min_samples,
     )
-    return RankShare(stream, rank, world_size) if shared else stream
+    return Prefetcher(RankShare(stream, rank, world_size) if shared else stream)

@@ -151,7 +151,8 @@ class PackedStream:
         self._buffer = rest
         return collate(packed, self.pad_to_multiple_of)
 
-    def _fill(self) -> None:
+    def start_loading(self) -> None:
+        """Start the loader processes (the first next() does it otherwise)."""
         if self._items is None:
             loader = DataLoader(
                 _Keyed(self.datasets),
@@ -163,7 +164,15 @@ class PackedStream:
                 # its own generator: starting an iterator must not draw from the global RNG
                 generator=torch.Generator(),
             )
-            self._items = itertools.chain.from_iterable(loader)
+            self._items = itertools.chain.from_iterable(iter(loader))  # iter(): the processes start here
+
+    def close(self) -> None:
+        """Stop the loader processes; a later next() starts them again where the stream is (it resumes from
+        the counts of samples received, so what the processes had made ahead is made again)."""
+        self._items = None  # the loader's iterator goes with it, and shuts its processes down
+
+    def _fill(self) -> None:
+        self.start_loading()
         while len(self._buffer) < self.lookahead:
             key, item = next(self._items)
             self._drawn[key[0]] += 1
@@ -223,3 +232,9 @@ class RankShare:
 
     def load_state_dict(self, state: dict) -> None:
         self.stream.load_state_dict(state)
+
+    def start_loading(self) -> None:
+        self.stream.start_loading()
+
+    def close(self) -> None:
+        self.stream.close()

@@ -9,7 +9,8 @@ same whatever micro-batch or rank it fell in: the result equals one big batch's 
 
 The training data is any iterator of batches (the model's input) with ``state_dict()``,
 ``load_state_dict(state)`` and ``skips`` (:class:`~timeviper.data.SkipStats`), such as
-:class:`~timeviper.data.PackedStream`.
+:class:`~timeviper.data.PackedStream` or the :class:`~timeviper.data.Prefetcher` around it that
+``build_train_data`` returns.
 """
 
 from __future__ import annotations
