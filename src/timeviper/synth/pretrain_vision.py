@@ -54,8 +54,8 @@ def frame_batch(rng: np.random.Generator, seeds: range, frames: int, size: int) 
     """`frames` labelled frames from random videos of `seeds`:
     (uint8 [frames, size, size, 3], classes int64 [frames, 2] (background, object), centres float32 [frames, 2])."""
     images, classes, centres = [], [], []
+    lo, hi = VIDEO_FRAMES
     for _ in range(math.ceil(frames / FRAMES_PER_VIDEO)):
-        lo, hi = VIDEO_FRAMES
         spec = make_video(int(rng.integers(seeds.start, seeds.stop)), int(rng.integers(lo, hi + 1)), size)
         for t in rng.integers(0, spec.frames, FRAMES_PER_VIDEO).tolist():
             images.append(render_frames(spec, t, t + 1)[0])
@@ -82,8 +82,8 @@ class FrameHeads(nn.Module):
 
 def vision_tokens(model, frames: Tensor) -> Tensor:
     """uint8 [F, H, W, 3] -> the vision tokens the LLM would get, [F, tokens_per_frame, D], with gradients."""
-    pixels = preprocess_frames(frames, size=model.vision.config.image_size, device=model.device)
-    return model.projector(model.vision(pixels.to(model.dtype)))
+    pixels = preprocess_frames(frames, size=model.vision.config.image_size, dtype=model.dtype, device=model.device)
+    return model.projector(model.vision(pixels))
 
 
 def losses(heads: FrameHeads, tokens: Tensor, classes: Tensor, centres: Tensor) -> dict[str, Tensor]:
