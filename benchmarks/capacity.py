@@ -100,7 +100,7 @@ def run(model: TimeViper, frames: int, chunk: int, vision: str, new_tokens: int)
 def predict_seconds(done: list[dict], frames: int) -> float:
     """Seconds a run of `frames` takes, from the runs before it: t = b n + c n^2 (attention grows with n^2)
     through the last two, or all of it quadratic from a single run (pessimistic)."""
-    (n2, t2) = (done[-1]["frames"], done[-1]["total_s"])
+    n2, t2 = done[-1]["frames"], done[-1]["total_s"]
     if len(done) == 1:
         return t2 * (frames / n2) ** 2
     n1, t1 = done[-2]["frames"], done[-2]["total_s"]

@@ -17,6 +17,7 @@ import threading
 
 from timeviper.data.records import SkipStats
 
+
 class Prefetcher:
     """Wraps a stream of batches (``__next__``, ``state_dict``, ``load_state_dict``, ``skips``, plus
     ``start_loading()``, which starts its loader processes so that they are forked from the main thread and
