@@ -134,26 +134,23 @@ def main(argv=None):
         done = []
         for frames in map(int, args.frames.split(",")):
             row = {"transv": spec, "frames": frames, "vision": args.vision}
-            if done:
-                predicted = predict_seconds(done, frames)
-                if time.perf_counter() - began + predicted > args.budget_s:
-                    row["error"] = f"skipped: predicted {predicted:.0f} s exceeds the time budget"
-                    rows.append(row)
-                    print(row, flush=True)
-                    continue
-            reset_peak_memory()
-            try:
-                with torch.inference_mode():
-                    row.update(run(model, frames, args.chunk, args.vision, args.new_tokens))
-                row["peak_gib"] = peak_memory_gib()
-                done.append(row)
-            except torch.OutOfMemoryError:
-                row["error"] = "out of memory"
+            predicted = predict_seconds(done, frames) if done else 0.0
+            if time.perf_counter() - began + predicted > args.budget_s:
+                row["error"] = f"skipped: predicted {predicted:.0f} s exceeds the time budget"
+            else:
+                reset_peak_memory()
+                try:
+                    with torch.inference_mode():
+                        row.update(run(model, frames, args.chunk, args.vision, args.new_tokens))
+                    row["peak_gib"] = peak_memory_gib()
+                    done.append(row)
+                except torch.OutOfMemoryError:
+                    row["error"] = "out of memory"
             rows.append(row)
             print(row, flush=True)
+            write_results(args.out, "capacity", rows, chunk=args.chunk, tiny=args.tiny)  # kept if cut short
     print_table(rows, ["transv", "frames", "vision_s", "llm_s", "total_s", "frames_per_s", "kv_tokens", "peak_gib",
                        "error"])
-    write_results(args.out, "capacity", rows, chunk=args.chunk, tiny=args.tiny)
 
 
 if __name__ == "__main__":
