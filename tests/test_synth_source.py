@@ -8,7 +8,7 @@ import torch
 from test_records import fake_tokenize
 
 from timeviper.data import IGNORE_INDEX, VISION_SLOT_ID, Sample, Skipped, SynthDataset, build_train_data
-from timeviper.data.synth_source import conversation, sample_frames, task_prompt
+from timeviper.data.synth_source import answer_text, conversation, sample_frames, task_prompt
 from timeviper.errors import ConfigError
 from timeviper.eval.metrics import caption_scene_f1, parse_option_letter, parse_time_span
 from timeviper.prompts import TextTokenizer, encode_conversation, encode_prompt
@@ -25,8 +25,9 @@ def tokenizer():
     return TextTokenizer(train_tokenizer(vocab_size=1024), "timeviper")
 
 
-def dataset(tokenizer, task, *, kind=None, frames=(8, 40), max_tokens=4096, max_frames=16, seeds=(100, 120)):
-    spec = SynthConfig(task, seeds, list(frames), size=32, kind=kind)
+def dataset(tokenizer, task, *, kind=None, frames=(8, 40), max_tokens=4096, max_frames=16, seeds=(100, 120),
+            **synth):
+    spec = SynthConfig(task, seeds, list(frames), size=32, kind=kind, **synth)
     return SynthDataset(f"synth_{task}", spec, tokenize=partial(encode_conversation, tokenizer),
                         tokens_per_frame=TOKENS_PER_FRAME, max_tokens=max_tokens, max_frames=max_frames)
 
@@ -111,6 +112,58 @@ def test_a_kind_is_asked_where_the_video_has_one(tokenizer):
     has_needle = [ds.item(i)[0].needle is not None for i in range(len(ds))]
     assert any(has_needle) and not all(has_needle)
     assert all((k == "needle") == n for k, n in zip(kinds, has_needle))
+
+
+@pytest.mark.parametrize("task", ["mcq", "tvg"])
+def test_several_questions_on_one_video_are_turns_of_one_sample(tokenizer, task):
+    one, three = dataset(tokenizer, task), dataset(tokenizer, task, questions=3)
+    for index in range(6):
+        video, items = three.items(index)
+        assert items[0] == one.item(index)[1] and 1 <= len(items) <= 3
+        facts = [(i["question"], i["options"][ord(i["answer"]) - 65] if task == "mcq" else i["query"]) for i in items]
+        assert len(set(facts)) == len(facts)  # no question asked twice
+        a, b = one[index], three[index]
+        # the first question is the inference prompt, as with one question: TransV is steered by it
+        assert (a.vision_span, a.instruction_end) == (b.vision_span, b.instruction_end)
+        assert torch.equal(a.input_ids[: a.instruction_end], b.input_ids[: b.instruction_end])
+        assert torch.equal(a.frames, b.frames)
+        text = encode_conversation(tokenizer, conversation(*items))
+        answers = [l for l in b.labels.tolist() if l != IGNORE_INDEX]
+        assert answers == [l for l in text.labels if l != IGNORE_INDEX]
+        assert "".join(tokenizer.decode(answers).split()) == "".join(answer_text(i) for i in items).replace(" ", "")
+    assert any(len(three.items(i)[1]) == 3 for i in range(6))
+
+
+def test_make_item_draws_other_questions_from_streams_of_their_own():
+    assert make_item("mcq", 7, 60, question=0) == make_item("mcq", 7, 60)
+    spec, item = make_item("mcq", 7, 60, question=2)
+    assert spec == make_item("mcq", 7, 60)[0] and item["id"] == "mcq-7-60-q2"
+    assert make_item("mcq", 7, 60, question=2) == (spec, item)
+    with pytest.raises(ConfigError, match="question must be an integer >= 1"):
+        make_item("mcq", 7, 60, question=-1)
+
+
+def test_an_mcq_answer_can_name_the_option_before_its_letter(tokenizer):
+    letters, named = dataset(tokenizer, "mcq"), dataset(tokenizer, "mcq", mcq_answer="option")
+    for index in range(4):
+        _, item = named.item(index)
+        a, b = letters[index], named[index]
+        assert torch.equal(a.input_ids[: a.instruction_end], b.input_ids[: b.instruction_end])
+        said = tokenizer.decode([l for l in b.labels.tolist() if l != IGNORE_INDEX])
+        option = item["options"]["ABCD".index(item["answer"])]
+        assert said.split() == f"{option} ({item['answer']})".split()
+        assert parse_option_letter(said) == item["answer"]  # what evaluation reads back
+    with pytest.raises(ConfigError, match="mcq_answer"):
+        SynthConfig("mcq", (0, 10), 8, mcq_answer="text")
+    with pytest.raises(ConfigError, match="for mcq only"):
+        SynthConfig("tvg", (0, 10), 8, mcq_answer="option")
+
+
+def test_captions_take_one_question():
+    with pytest.raises(ConfigError, match="questions"):
+        SynthConfig("caption", (0, 10), 8, questions=2)
+    with pytest.raises(ConfigError, match="questions"):
+        SynthConfig("mcq", (0, 10), 8, questions=0)
 
 
 def config(*datasets, **data):

@@ -22,6 +22,7 @@ from timeviper.data.records import Sample, Skipped, Tokenize, encode_turns, make
 from timeviper.errors import ConfigError
 from timeviper.prompts import CAPTION_PROMPT, VIDEO_PLACEHOLDER, grounding_prompt, mcq_prompt
 from timeviper.synth import VideoSpec, iter_items, render_frames
+from timeviper.synth.tasks import LETTERS
 from timeviper.synth.world import FPS
 from timeviper.video import sample_times
 
@@ -41,19 +42,33 @@ def task_prompt(item: dict) -> str:
     raise ConfigError(f"item {item.get('id')!r}: unknown task {task!r}")
 
 
-def answer_text(item: dict) -> str:
-    """The ground truth as the model should say it: 'B', '12.0 - 30.0 seconds', or the caption."""
+def answer_text(item: dict, mcq_answer: str = "letter") -> str:
+    """The ground truth as the model should say it: 'B' (mcq_answer "letter") or 'blue circle (B)'
+    ("option": the option, then its letter), '12.0 - 30.0 seconds', or the caption."""
     task = item["task"]
     if task == "mcq":
-        return item["answer"]
+        return item["answer"] if mcq_answer == "letter" else f"{_chosen(item)} ({item['answer']})"
     if task == "tvg":
         return f"{item['start']:.1f} - {item['end']:.1f} seconds"
     return item["caption"]
 
 
-def conversation(item: dict) -> list[dict]:
-    return [{"from": "human", "value": f"{VIDEO_PLACEHOLDER}\n{task_prompt(item)}"},
-            {"from": "gpt", "value": answer_text(item)}]
+def _chosen(item: dict) -> str:
+    return item["options"][LETTERS.index(item["answer"])]
+
+
+def _fact(item: dict) -> tuple[str, str]:
+    """What an item asks and its answer (for mcq the option's text, not its letter)."""
+    return item["question"], _chosen(item) if item["task"] == "mcq" else answer_text(item)
+
+
+def conversation(*items: dict, mcq_answer: str = "letter") -> list[dict]:
+    """The items on one video as turns: the first question carries the video, each is answered in turn."""
+    turns = []
+    for i, item in enumerate(items):
+        prompt = f"{VIDEO_PLACEHOLDER}\n{task_prompt(item)}" if i == 0 else task_prompt(item)
+        turns += [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer_text(item, mcq_answer)}]
+    return turns
 
 
 def sample_frames(spec: VideoSpec, max_frames: int | None = None, sampling: str = "uniform", fps: float = 1.0,
@@ -68,6 +83,9 @@ class SynthDataset:
 
     With ``spec.kind`` an mcq seed asks that kind of question where its video has one, and a random
     kind otherwise, so a needle dataset of long videos holds needles in about half its samples.
+    With ``spec.questions`` n > 1 a sample asks up to n different questions on its video, one turn each
+    (the first as with n = 1, then random kinds): n answers for the price of one video's tokens. The
+    first question's last token steers attention-guided TransV, as its instruction.
     """
 
     def __init__(self, name: str, spec: SynthConfig, *, tokenize: Tokenize, tokens_per_frame: int,
@@ -80,7 +98,7 @@ class SynthDataset:
         return self.spec.seeds[1] - self.spec.seeds[0]
 
     def item(self, index: int) -> tuple[VideoSpec, dict]:
-        """The video and ground-truth item of ``dataset[index]``."""
+        """The video and (first) ground-truth item of ``dataset[index]``."""
         if not 0 <= index < len(self):
             raise IndexError(f"{self.name}: index {index} is outside [0, {len(self)})")
         s, seed = self.spec, self.spec.seeds[0] + index
@@ -89,11 +107,27 @@ class SynthDataset:
         except ConfigError:  # this video has no question of that kind
             return next(iter_items(s.task, [seed], s.frames, s.size))
 
+    def items(self, index: int) -> tuple[VideoSpec, list[dict]]:
+        """The video of ``dataset[index]`` and its up to ``spec.questions`` items, no two asking the same
+        (a repeat would be answered from the turn before, not from the video); a few extra draws make up
+        for repeats, and a video with fewer questions gets fewer."""
+        video, first = self.item(index)
+        s, items = self.spec, [first]
+        asked = {_fact(first)}
+        for question in range(1, 4 * s.questions):
+            if len(items) == s.questions:
+                break
+            _, item = next(iter_items(s.task, [s.seeds[0] + index], s.frames, s.size, question=question))
+            if _fact(item) not in asked:
+                asked.add(_fact(item))
+                items.append(item)
+        return video, items
+
     def __getitem__(self, index: int) -> Sample | Skipped:
-        video, item = self.item(index)
+        video, items = self.items(index)
         where = f"{self.name}#{index}"
-        text = encode_turns(self.tokenize, conversation(item), where)
+        text = encode_turns(self.tokenize, conversation(*items, mcq_answer=self.spec.mcq_answer), where)
         if isinstance(text, Skipped):
             return text
         frames = torch.from_numpy(sample_frames(video, self.max_frames, "uniform", self.fps))
-        return make_sample(item["id"], text, frames, self.tokens_per_frame, self.max_tokens, where)
+        return make_sample(items[0]["id"], text, frames, self.tokens_per_frame, self.max_tokens, where)

@@ -155,11 +155,13 @@ def _caption(spec: VideoSpec, rng) -> dict:
 BUILDERS = {"mcq": _mcq, "tvg": _tvg, "caption": _caption}
 
 
-def make_item(task: str, seed: int, frames: int, size: int = 64, kind: str | None = None) -> tuple[VideoSpec, dict]:
+def make_item(task: str, seed: int, frames: int, size: int = 64, kind: str | None = None,
+              question: int = 0) -> tuple[VideoSpec, dict]:
     """The video and the ground-truth item of `task` for (seed, frames).
 
     `kind` (mcq only) asks a question of that kind instead of a random one; a ConfigError says when
-    the video has none (e.g. "needle" on a video without a needle scene).
+    the video has none (e.g. "needle" on a video without a needle scene). `question` n > 0 draws the
+    item from a random stream of its own: another question (or event) on the same video.
     """
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
@@ -167,9 +169,10 @@ def make_item(task: str, seed: int, frames: int, size: int = 64, kind: str | Non
         raise ConfigError(f"kind must be one of {', '.join(MCQ_KINDS)} and is for mcq items only; "
                           f"got {kind!r} for {task}")
     spec = make_video(seed, frames, size)
-    rng = np.random.Generator(np.random.PCG64([spec.seed, TASKS.index(task) + 1]))
+    stream = [spec.seed, TASKS.index(task) + 1] + ([check_int("question", question, 1)] if question else [])
+    rng = np.random.Generator(np.random.PCG64(stream))
     item = {
-        "id": f"{task}-{spec.seed}-{spec.frames}",
+        "id": f"{task}-{spec.seed}-{spec.frames}" + (f"-q{question}" if question else ""),
         "task": task,
         "seed": spec.seed,
         "frames": spec.frames,
@@ -189,14 +192,14 @@ def render_item(task: str, seed: int, frames: int, out_dir, size: int = 64) -> d
     return item
 
 
-def iter_items(task: str, seeds, frames, size: int = 64, kind: str | None = None):
+def iter_items(task: str, seeds, frames, size: int = 64, kind: str | None = None, question: int = 0):
     """(spec, item) for each seed, without writing files; render frames with render_frames(spec).
 
     `frames` is a length in seconds, or a (shortest, longest) range from which each seed draws
-    its own length, log-uniformly. `kind` is make_item's.
+    its own length, log-uniformly. `kind` and `question` are make_item's.
     """
     for seed in seeds:
-        yield make_item(task, seed, _length(seed, frames), size, kind)
+        yield make_item(task, seed, _length(seed, frames), size, kind, question)
 
 
 def _length(seed: int, frames) -> int:

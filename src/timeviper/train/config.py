@@ -131,6 +131,8 @@ class SynthConfig:
     frames: int | list[int]  # video length in seconds, or a [shortest, longest] range drawn per seed
     size: int = 64  # frame side in pixels
     kind: str | None = None  # mcq: ask this kind of question (e.g. needle) where the video has one
+    questions: int = 1  # mcq, tvg: up to this many different questions on each video, as turns of one sample
+    mcq_answer: str = "letter"  # mcq: answer "B", or "option": "blue circle (B)", the option named before its letter
 
     def __post_init__(self):
         _require(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
@@ -153,6 +155,13 @@ class SynthConfig:
             "kind",
             f"is for mcq only, one of {', '.join(MCQ_KINDS)}; got {self.kind!r} for {self.task}",
         )
+        _require(
+            isinstance(self.questions, int) and self.questions >= 1 and (self.questions == 1 or self.task != "caption"),
+            "questions",
+            f"must be an integer >= 1, and 1 for captions (a video has one caption); got {self.questions!r}",
+        )
+        _require(self.mcq_answer == "letter" or (self.task == "mcq" and self.mcq_answer == "option"), "mcq_answer",
+                 f"must be 'letter' or 'option' ('option' for mcq only), got {self.mcq_answer!r} for {self.task}")
 
 
 @dataclass
