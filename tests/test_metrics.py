@@ -8,6 +8,7 @@ from timeviper.eval import (
     caption_scene_f1,
     load_records,
     mcq_accuracy,
+    named_option,
     parse_option_letter,
     parse_time_span,
     score,
@@ -69,6 +70,14 @@ def test_mcq_accuracy():
         mcq_accuracy([], [])
 
 
+def test_named_option():
+    options = ["gray", "checkered gray", "orange star", "orange circle"]
+    assert named_option("checkered gray (B)", options) == 1  # not "gray", which is part of it
+    assert named_option("Gray (A)", options) == 0 and named_option("orange  star", options) == 2
+    assert named_option("B", options) is None and named_option("orange", options) is None
+    assert named_option("orange star or orange circle", options) is None  # two: no pick
+
+
 def test_caption_f1():
     assert caption_scene_f1(REF, REF) == 1.0 and caption_event_f1(REF, REF) == 1.0
     first = REF.split(" Scene 2")[0]
@@ -94,6 +103,13 @@ def test_score_mcq():
     result = score("mcq", preds, refs)
     assert result["n"] == 6 and result["accuracy"] == pytest.approx(5 / 6)
     assert set(result["accuracy_by_kind"]) == {r["kind"] for r in refs}
+    assert result["named_accuracy"] == 0.0  # letters only: no option named
+    named = [{"id": r["id"], "answer": f"{r['options'][0]} ({r['answer']})"} for r in refs]
+    right = sum(r["answer"] == "A" for r in refs)
+    result = score("mcq", named, refs)
+    assert result["accuracy"] == 1.0 and result["named_accuracy"] == pytest.approx(right / 6)
+    as_runner_writes = [{"id": p["id"], "answer": r["answer"], "raw": p["answer"]} for p, r in zip(named, refs)]
+    assert score("mcq", as_runner_writes, refs)["named_accuracy"] == pytest.approx(right / 6)
 
 
 def test_score_tvg_and_caption():

@@ -5,6 +5,7 @@ from timeviper.eval.metrics import (
     caption_scene_f1,
     load_records,
     mcq_accuracy,
+    named_option,
     parse_option_letter,
     parse_time_span,
     score,
@@ -14,6 +15,6 @@ from timeviper.eval.metrics import (
 )
 
 __all__ = [
-    "caption_event_f1", "caption_scene_f1", "load_records", "mcq_accuracy", "parse_option_letter",
-    "parse_time_span", "score", "temporal_iou", "tvg_miou", "tvg_recall",
+    "caption_event_f1", "caption_scene_f1", "load_records", "mcq_accuracy", "named_option",
+    "parse_option_letter", "parse_time_span", "score", "temporal_iou", "tvg_miou", "tvg_recall",
 ]

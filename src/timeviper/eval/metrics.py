@@ -2,8 +2,10 @@
 
 Files for `score` are JSONL (or one JSON object or list): one record per line with an `id`.
 - references: items as timeviper.synth.tasks makes them (`id` plus `answer` / `start`, `end` /
-  `caption`; mcq items may carry `kind`, which adds a per-kind accuracy);
-- predictions: `id` plus, for mcq, `answer` (a letter, or text that parse_option_letter reads);
+  `caption`; mcq items may carry `kind`, which adds a per-kind accuracy, and `options`, which adds
+  `named_accuracy`: the share of answers that name the right option in words, whatever their letter);
+- predictions: `id` plus, for mcq, `answer` (a letter, or text that parse_option_letter reads; `raw`, the
+  response in full, if there, is where named_accuracy looks for the option);
   for tvg, `start` and `end` in seconds (null when there is none); for caption, `caption`.
 
 Captions are compared as scene tuples (background, ((object, motion), ...)) parsed from the
@@ -75,6 +77,15 @@ def _check_pairs(preds, refs) -> None:
         raise ConfigError(f"{len(preds)} predictions for {len(refs)} references")
     if not refs:
         raise ConfigError("nothing to score: no references")
+
+
+def named_option(text: str, options: list[str]) -> int | None:
+    """The option a response names in words ("orange star (C)" -> the index of "orange star"), or None
+    when it names none, or several that are not part of one another ("checkered gray" names that, not "gray")."""
+    text = " ".join(text.lower().split())
+    found = [o.lower() for o in options if re.search(rf"\b{re.escape(o.lower())}\b", text)]
+    named = [o for o in found if not any(o != other and o in other for other in found)]
+    return [o.lower() for o in options].index(named[0]) if len(named) == 1 else None
 
 
 def mcq_accuracy(preds: list[str | None], refs: list[str]) -> float:
@@ -172,6 +183,10 @@ def score(task: str, predictions: list[dict], references: list[dict]) -> dict:
         for i, letter in zip(ids, letters):
             by_kind[refs[i].get("kind")].append(letter == refs[i]["answer"])
         result["accuracy_by_kind"] = {k: sum(v) / len(v) for k, v in sorted(by_kind.items()) if k is not None}
+        if all("options" in refs[i] for i in ids):  # for answers that name the option too: is it the right one?
+            named = [named_option(str(preds[i].get("raw", preds[i]["answer"])), refs[i]["options"]) for i in ids]
+            result["named_accuracy"] = mcq_accuracy([None if n is None else LETTERS[n] for n in named],
+                                                    [refs[i]["answer"] for i in ids])
     elif task == "tvg":
         spans, truth = [_span(preds[i], optional=True) for i in ids], [_span(refs[i], optional=False) for i in ids]
         result["miou"] = tvg_miou(spans, truth)

@@ -31,7 +31,7 @@ from timeviper.eval.metrics import load_records, parse_option_letter, parse_time
 
 BENCHMARKS = {"synth-mcq": "mcq", "synth-tvg": "tvg", "synth-caption": "caption", "synth-needle": "mcq"}
 FIELDS = {"mcq": ("question", "options", "answer"), "tvg": ("query", "start", "end"), "caption": ("caption",)}
-MAX_NEW_TOKENS = {"mcq": 8, "tvg": 24, "caption": 512}
+MAX_NEW_TOKENS = {"mcq": 12, "tvg": 24, "caption": 512}
 
 
 def parse_answer(task: str, text: str) -> dict:
