@@ -21,7 +21,7 @@ import torch
 from timeviper.data.records import Sample, Skipped, Tokenize, encode_turns, make_sample
 from timeviper.errors import ConfigError
 from timeviper.prompts import CAPTION_PROMPT, VIDEO_PLACEHOLDER, grounding_prompt, mcq_prompt
-from timeviper.synth import VideoSpec, iter_items, render_frames
+from timeviper.synth import VideoSpec, iter_items, make_item, render_frames
 from timeviper.synth.tasks import LETTERS
 from timeviper.synth.world import FPS
 from timeviper.video import sample_times
@@ -117,9 +117,10 @@ class SynthDataset:
         for question in range(1, 4 * s.questions):
             if len(items) == s.questions:
                 break
-            _, item = next(iter_items(s.task, [s.seeds[0] + index], s.frames, s.size, question=question))
-            if _fact(item) not in asked:
-                asked.add(_fact(item))
+            _, item = make_item(s.task, video.seed, video.frames, s.size, question=question)
+            fact = _fact(item)
+            if fact not in asked:
+                asked.add(fact)
                 items.append(item)
         return video, items
 
