@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test demo clean
+.PHONY: install test demo embedded clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ test: install
 
 demo: install
 	$(VENV)/bin/timeviper demo
+
+# Retrain the embedded model from scratch on one GPU (needs the gpu extra: pip install -e ".[gpu]"):
+# vision pretraining, the VLM stage of configs/embedded.yaml, then a bf16 model directory in runs/embedded-model.
+embedded: install
+	$(PY) -m timeviper.synth.pretrain_vision --config configs/embedded.yaml --out runs/embedded-vision --workers 12
+	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded \
+		--set model.tiny=null --set model.pretrained=runs/embedded-vision
+	$(VENV)/bin/timeviper export runs/embedded --out runs/embedded-model --dtype bfloat16
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -5,7 +5,7 @@
 #                    (capacity-tokens: CAPACITY_FRAMES, CAPACITY_TRANSV, CAPACITY_BUDGET_S pick the runs)
 #   probe-embedded   24 steps of configs/embedded.yaml: step time, data wait, a profile of steps 20-22
 #                    (PROBE_SET="--set train.micro_batch_tokens=65536 --set data.lookahead=64" tries a variant)
-#   embedded         train the embedded model on from EMBEDDED_FROM (default checkpoints/embedded-wip) for
+#   embedded         train the embedded model on from EMBEDDED_FROM (default the shipped embedded model) for
 #                    EMBEDDED_SECONDS (default 420) at a constant learning rate, on the data order of EMBEDDED_SEED
 #                    (required: a new one for every segment, or it sees the samples of the last one again;
 #                    EMBEDDED_SET: more overrides), then export it in bf16 to OUT/embedded, with its metrics
@@ -41,7 +41,7 @@ for step in "$@"; do
       cp /tmp/probe-embedded/profile/ops-rank-0.txt "$out/probe_embedded_ops.txt" ;;
     embedded)
       rm -rf /tmp/embedded /tmp/embedded-vision  # a segment starts afresh from EMBEDDED_FROM
-      from=${EMBEDDED_FROM:-checkpoints/embedded-wip}
+      from=${EMBEDDED_FROM:-src/timeviper/assets/embedded}
       if [ -n "${EMBEDDED_VISION_STEPS:-}" ]; then
         timeout 240 python3 -m timeviper.synth.pretrain_vision --model "$from" --out /tmp/embedded-vision \
           --steps "$EMBEDDED_VISION_STEPS" --workers 12 --seed "$EMBEDDED_SEED" || exit 1

@@ -9,7 +9,7 @@ tokens (ToMe-merged and projected, what the LLM sees), pooled by mean and max, s
 it. The heads are dropped afterwards; the model is saved whole, ready for the VLM stages.
 
     python -m timeviper.synth.pretrain_vision --config configs/embedded.yaml --out runs/vision   # from scratch
-    python -m timeviper.synth.pretrain_vision --model checkpoints/embedded-wip --out runs/vision  # or from a model
+    python -m timeviper.synth.pretrain_vision --model src/timeviper/assets/embedded --out runs/vision  # or from a model
 """
 
 from __future__ import annotations
