@@ -11,9 +11,12 @@
 #                    EMBEDDED_SET: more overrides), then export it in bf16 to OUT/embedded, with its metrics
 #                    and a profile of steps 6-8; EMBEDDED_VISION_STEPS=N first pretrains the vision front on
 #                    labelled frames for N steps (timeviper.synth.pretrain_vision)
+#   embedded-sweep   the shipped (or SWEEP_MODEL) model's quality by video length on the GPU, cells written as they
+#                    finish: SWEEP_TASKS (default needle), SWEEP_FRAMES (1000,10000,100000), SWEEP_ITEMS (30),
+#                    SWEEP_TRANSV (default)
 #   tiny-gpu         configs/tiny-gpu.yaml on one GPU (300 steps; the loss must fall)
 #   tiny-fsdp        the same on two GPUs (FSDP2), compared with tiny-gpu's losses
-#   train-throughput Nano-9B + so400m training speed and MFU over every GPU (FSDP2)
+#   train-throughput Nano-9B + so400m training speed and MFU over every GPU (FSDP2; bf16 weights on one GPU)
 #   triton-restore / triton-save   unpack .cache/triton.tgz into the Triton cache / pack it into OUT, so
 #                    that a fresh machine skips compiling and autotuning the kernels again
 set -uo pipefail
@@ -56,6 +59,10 @@ for step in "$@"; do
       cp /tmp/embedded/metrics.jsonl "$out/embedded_metrics.jsonl"
       cp /tmp/embedded/profile/ops-rank-0.txt "$out/embedded_ops.txt"
       python3 -m timeviper.cli export /tmp/embedded --out "$out/embedded" --dtype bfloat16 ;;
+    embedded-sweep)
+      timeout 560 python3 -m timeviper.eval.synth_sweep --model "${SWEEP_MODEL:-src/timeviper/assets/embedded}" \
+        --tasks "${SWEEP_TASKS:-needle}" --frames "${SWEEP_FRAMES:-1000,10000,100000}" --items "${SWEEP_ITEMS:-30}" \
+        --transv "${SWEEP_TRANSV:-default}" --device cuda --out "$out/embedded_sweep.json" ;;
     tiny-gpu)
       timeout 400 $train --config configs/tiny-gpu.yaml --output /tmp/tiny-gpu-1
       cp /tmp/tiny-gpu-1/metrics.jsonl "$out/tiny_gpu_1.jsonl" ;;  # the steps logged, even if cut short
@@ -63,8 +70,9 @@ for step in "$@"; do
       timeout 400 torchrun --standalone --nproc_per_node 2 -m timeviper.cli train --config configs/tiny-gpu.yaml \
         --output /tmp/tiny-gpu-2 && cp /tmp/tiny-gpu-2/metrics.jsonl "$out/tiny_gpu_2.jsonl" \
         && python3 scripts/compare_losses.py "$out/tiny_gpu_1.jsonl" "$out/tiny_gpu_2.jsonl" --tolerance 0.05 ;;
-    train-throughput) timeout 500 torchrun --standalone --nproc_per_node "$gpus" benchmarks/train_throughput.py \
-                        --out "$out/train_throughput_${gpus}gpu.json" ;;
+    train-throughput) one_gpu=$([ "$gpus" = 1 ] && echo --bf16-weights)  # AdamW in fp32 needs 144 GB: FSDP2 or bf16 states
+                      timeout 500 torchrun --standalone --nproc_per_node "$gpus" benchmarks/train_throughput.py \
+                        $one_gpu --out "$out/train_throughput_${gpus}gpu.json" ;;
     triton-restore) [ -f .cache/triton.tgz ] && mkdir -p "$TRITON_CACHE_DIR" && tar -xzf .cache/triton.tgz -C "$TRITON_CACHE_DIR" ;;
     triton-save) tar -czf "$out/triton.tgz" -C "$TRITON_CACHE_DIR" . && ls -la "$out/triton.tgz" ;;
     *) echo "unknown step $step" ;;

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from timeviper.eval.synth_sweep import plot as plot_sweep
 from timeviper.synth import make_item, render_frames
 
 HERE = Path(__file__).parent
@@ -66,9 +67,15 @@ def efficiency(path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def embedded_quality(path: Path) -> None:
+    """The shipped embedded model's test scores against video length, TransV on and off."""
+    plot_sweep(json.loads((RESULTS / "embedded_quality.json").read_text())["cells"], path)
+
+
 if __name__ == "__main__":
     out = HERE / "figures"
     out.mkdir(exist_ok=True)
     synthetic_world(out / "synthetic_world.png")
     efficiency(out / "efficiency.png")
+    embedded_quality(out / "embedded_quality.png")
     print(f"wrote {out}")
