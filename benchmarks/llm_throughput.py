@@ -50,7 +50,7 @@ def build(cfg: LMConfig, impl: str, device, dtype):
         torch.set_default_dtype(default)
 
 
-def bench_prefill(model, impl, tokens, vocab, device, repeats) -> dict:
+def bench_prefill(model, impl, tokens, vocab, device, repeats, profile_to: Path | None = None) -> dict:
     ids = torch.randint(0, vocab, (1, tokens), device=device)
     row = {"tokens": tokens}
 
@@ -70,6 +70,14 @@ def bench_prefill(model, impl, tokens, vocab, device, repeats) -> dict:
     row["seconds"] = sorted(times)[len(times) // 2]
     row["tokens_per_s"] = tokens / row["seconds"]
     row["peak_gib"] = peak_memory_gib()
+    if profile_to is not None:  # one more prefill, its operators by time on the device
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            once()
+        profile_to.parent.mkdir(parents=True, exist_ok=True)
+        key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+        profile_to.write_text(prof.key_averages().table(sort_by=key, row_limit=30) + "\n")
     return row
 
 
@@ -133,6 +141,8 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (smoke run on a CPU)")
     ap.add_argument("--no-graphs", action="store_true", help="decode eagerly, without CUDA graphs")
     ap.add_argument("--out", default="benchmarks/results/llm_throughput.json")
+    ap.add_argument("--profile", type=Path, help="write DIR/prefill-MODEL-IMPL-TOKENS.txt: each prefill's operators "
+                                                 "by time on the device (torch.profiler)")
     args = ap.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -152,7 +162,9 @@ def main(argv=None):
                 try:
                     with torch.inference_mode():
                         if kind == "prefill":
-                            row.update(bench_prefill(model, impl, size, cfg.vocab_size, device, args.repeats))
+                            profile_to = args.profile and args.profile / f"prefill-{name}-{impl}-{size}.txt"
+                            row.update(bench_prefill(model, impl, size, cfg.vocab_size, device, args.repeats,
+                                                     profile_to))
                         else:
                             row.update(bench_decode(model, impl, *size, args.new_tokens, cfg.vocab_size, device,
                                                         graphs=not args.no_graphs))

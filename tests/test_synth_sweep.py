@@ -47,6 +47,7 @@ def test_every_cell_is_written_with_paired_seeds(model_dir, tmp_path, calls, cap
         assert {"mcq": "accuracy", "tvg": "miou"}[c["task"]] in c["metrics"] and c["frames_per_item"] == c["frames"]
         assert c["spec"] == {"none": "none", "default": "uni_0_0.5-attn_2_0.5"}[c["transv"]]
         assert 0 <= c["seconds_per_item"] <= c["seconds"]
+        assert len(c["responses"]) == 2 and all(isinstance(r, str) for r in c["responses"])
     assert len(calls) == 16 and not (tmp_path / "sweep.json.tmp").exists()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out.splitlines()

@@ -15,10 +15,11 @@ settings must match):
 
     {"settings": {"model", "items", "seed_offset", "max_frames", "size"},
      "cells": [{"transv", "spec", "task", "frames", "n", "metrics", "seconds", "seconds_per_item",
-                "frames_per_item", "seeds"}, ...]}
+                "frames_per_item", "seeds", "responses"}, ...]}
 
 `spec` is the TransV spec in effect, `metrics` what timeviper.eval.metrics.score returns, `seconds` the
-model's time (runner.predict's, rendering excluded), `frames_per_item` the frames it read per item.
+model's time (runner.predict's, rendering excluded), `frames_per_item` the frames it read per item,
+`responses` the model's raw answers (in the order of `seeds`).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def run_cell(model, task: str, frames: int, args, bar) -> dict:
             "metrics": score(items[0][1]["task"], records, [item for _, item in items]),
             "seconds": round(seconds, 3), "seconds_per_item": round(seconds / len(records), 3),
             "frames_per_item": sum(r["frames"] for r in records) / len(records),
-            "seeds": [item["seed"] for _, item in items]}
+            "seeds": [item["seed"] for _, item in items], "responses": [r["raw"] for r in records]}
 
 
 def load_results(path: Path, settings: dict) -> dict:

@@ -1,10 +1,35 @@
-"""Norms and the MLP mixer."""
+"""Norms (fla's fused kernels on CUDA, PyTorch elsewhere) and the MLP mixer."""
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from timeviper.llm.config import LMConfig
+
+try:
+    from fla.modules.norm.layernorm import rms_norm as fla_rms_norm
+    from fla.modules.norm.layernorm_gated import rmsnorm_fn as fla_gated_rms_norm
+except ImportError:
+    fla_rms_norm = fla_gated_rms_norm = None
+
+
+def rms_norm_torch(x: Tensor, weight: Tensor, eps: float, gate: Tensor | None = None, groups: int = 1) -> Tensor:
+    """The reference of `rms_norm`."""
+    h = x.float() if gate is None else x.float() * F.silu(gate.float())  # [..., D]
+    h = h.unflatten(-1, (groups, -1))  # [..., G, D/G]
+    h = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).flatten(-2)
+    return (weight.float() * h).to(x.dtype)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float, gate: Tensor | None = None, groups: int = 1) -> Tensor:
+    """weight * RMSNorm(x) over the last dim, normalised in `groups` equal slices; with `gate`, of x * silu(gate)
+    (Mamba-2's output norm). Float32 math, x's dtype out; fla's fused Triton kernels on CUDA."""
+    if not (x.is_cuda and fla_rms_norm is not None):
+        return rms_norm_torch(x, weight, eps, gate, groups)
+    if gate is None and groups == 1:
+        return fla_rms_norm(x, weight, None, eps=eps)
+    return fla_gated_rms_norm(x, weight, None, z=gate, eps=eps, group_size=x.shape[-1] // groups,
+                              norm_before_gate=False)
 
 
 class RMSNorm(nn.Module):
@@ -14,9 +39,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight.float() * h).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class GatedRMSNorm(nn.Module):
@@ -28,10 +51,7 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        h = x.float() * F.silu(z.float())  # [..., dim]
-        h = h.unflatten(-1, (self.groups, -1))  # [..., G, dim/G]
-        h = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
-        return self.weight * h.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps, gate=z, groups=self.groups)
 
 
 class MLP(nn.Module):

@@ -59,7 +59,7 @@ class Mamba2(nn.Module):
             y, ssm_state = ssd_scan(xs, self._dt(dt), A, B.view(b, t, self.groups, -1), C.view(b, t, self.groups, -1),
                                     initial_state=None if state is None else state.ssm, cu_seqlens=cu_seqlens,
                                     chunk_size=self.chunk_size)
-            y = y + self.D[:, None].to(y.dtype) * xs  # [B, T, H, P]
+            y = torch.addcmul(y, self.D[:, None].to(y.dtype), xs)  # [B, T, H, P] y + D x
             if state is not None:
                 state.conv, state.ssm = conv_state.to(state.conv.dtype), ssm_state
         return self.out_proj(self.norm(y.reshape(b, t, self.inner), z))

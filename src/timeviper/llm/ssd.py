@@ -117,7 +117,7 @@ def ssd_chunked(x, dt, A, B, C, initial_state=None, cu_seqlens=None, chunk_size=
 def _ssd_fla(x, dt, A, B, C, initial_state, cu_seqlens):
     R = x.shape[2] // B.shape[2]
     q, k = (t.repeat_interleave(R, dim=2).to(x.dtype) for t in (C, B))  # [b,T,H,N]
-    v = (x.float() * dt.float()[..., None]).to(x.dtype)  # [b,T,H,P]
+    v = (x * dt.float()[..., None]).to(x.dtype)  # [b,T,H,P], the product in float32
     g = dt.float() * A.float()  # [b,T,H] log decay
     h0 = None if initial_state is None else initial_state.float().transpose(-1, -2)  # fla keeps [.., N, P]
     y, h = chunk_simple_gla(q=q, k=k, v=v, g=g, scale=1.0, initial_state=h0, output_final_state=True,
@@ -154,6 +154,6 @@ def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
     s = state.view(b, G, H // G, P, -1)  # shares memory with state
     dt = dt.float().unflatten(1, (G, -1))[..., None, None]  # [b,g,r,1,1]
     s.mul_(torch.exp(dt * A.float().view(G, -1, 1, 1)))
-    s.add_(dt * x.float().unflatten(1, (G, -1))[..., None] * B.float()[:, :, None, None, :])
+    s.addcmul_(dt * x.float().unflatten(1, (G, -1))[..., None], B.float()[:, :, None, None, :])  # += dt x B^T
     y = s @ C.float()[:, :, None, :, None]  # [b,g,r,p,1]
     return y.reshape(b, H, P).to(x.dtype)
