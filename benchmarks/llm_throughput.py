@@ -73,11 +73,13 @@ def bench_prefill(model, impl, tokens, vocab, device, repeats, profile_to: Path 
     if profile_to is not None:  # one more prefill, its operators by time on the device
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             once()
         profile_to.parent.mkdir(parents=True, exist_ok=True)
         key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-        profile_to.write_text(prof.key_averages().table(sort_by=key, row_limit=30) + "\n")
+        by_op, by_shape = prof.key_averages(), prof.key_averages(group_by_input_shape=True)
+        profile_to.write_text(f"{by_op.table(sort_by=key, row_limit=30)}\n\nby input shapes:\n"
+                              f"{by_shape.table(sort_by=key, row_limit=40, max_name_column_width=40)}\n")
     return row
 
 
@@ -142,7 +144,7 @@ def main(argv=None):
     ap.add_argument("--no-graphs", action="store_true", help="decode eagerly, without CUDA graphs")
     ap.add_argument("--out", default="benchmarks/results/llm_throughput.json")
     ap.add_argument("--profile", type=Path, help="write DIR/prefill-MODEL-IMPL-TOKENS.txt: each prefill's operators "
-                                                 "by time on the device (torch.profiler)")
+                                                 "by time on the device, also split by input shapes (torch.profiler)")
     args = ap.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
