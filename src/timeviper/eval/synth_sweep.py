@@ -163,7 +163,7 @@ def plot(cells: list[dict], path) -> None:
     """The headline metric of each task against video length, one line per TransV setting."""
     from matplotlib.figure import Figure  # no pyplot: the figure renders through Agg
 
-    tasks, lengths = list(dict.fromkeys(c["task"] for c in cells)), sorted({c["frames"] for c in cells})
+    tasks = list(dict.fromkeys(c["task"] for c in cells))
     fig = Figure(figsize=(4 * len(tasks), 3.5), layout="constrained")
     for ax, task in zip(fig.subplots(1, len(tasks), squeeze=False)[0], tasks):
         for setting in dict.fromkeys(c["transv"] for c in cells):
@@ -172,7 +172,8 @@ def plot(cells: list[dict], path) -> None:
             ax.plot(*zip(*points), marker="o", label=setting)
         ax.set(title=task, xscale="log", xlabel="video length (frames at 1 fps)", ylabel=HEADLINE[task],
                ylim=(-0.02, 1.02))
-        ax.set_xticks(lengths, [str(n) for n in lengths])
+        lengths = sorted({c["frames"] for c in cells if c["task"] == task})
+        ax.set_xticks(lengths, [f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n) for n in lengths])
         ax.minorticks_off()
         ax.legend(fontsize="small")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
