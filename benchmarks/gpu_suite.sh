@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/benchmarks.md. Results land in ${OUT:-benchmarks/results}.
 # Usage: bash benchmarks/gpu_suite.sh STEP [STEP ...]
-#   llm vision tests capacity-tokens capacity-frames      speed, GPU tests, frames per GPU
+#   llm vision tests capacity-tokens capacity-frames      speed (llm: with prefill profiles), GPU tests,
+#                    frames per GPU
 #                    (capacity-tokens: CAPACITY_FRAMES, CAPACITY_TRANSV, CAPACITY_BUDGET_S pick the runs)
 #   probe-embedded   24 steps of configs/embedded.yaml: step time, data wait, a profile of steps 20-22
 #                    (PROBE_SET="--set train.micro_batch_tokens=65536 --set data.lookahead=64" tries a variant)
@@ -27,9 +28,9 @@ gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
 for step in "$@"; do
   echo "=== $step"
   case $step in
-    llm) timeout 270 python3 benchmarks/llm_throughput.py --out "$out/llm_throughput.json" ;;
+    llm) timeout 400 python3 benchmarks/llm_throughput.py --out "$out/llm_throughput.json" --profile "$out/profile" ;;
     vision) timeout 120 python3 benchmarks/vision_throughput.py --seconds 1 --out "$out/vision_throughput.json" ;;
-    tests) timeout 300 python3 -m pytest -q -p no:cacheprovider --durations=10 -m gpu "${GPU_TESTS:-tests/}" ;;
+    tests) timeout 560 python3 -m pytest -q -p no:cacheprovider --durations=10 -m gpu "${GPU_TESTS:-tests/}" ;;
     capacity-tokens) budget=${CAPACITY_BUDGET_S:-240}  # runs predicted to end later are skipped
                      timeout $((budget + 60)) python3 benchmarks/capacity.py --vision tokens \
                        --frames "${CAPACITY_FRAMES:-2000,10000,100000}" \
