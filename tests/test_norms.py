@@ -3,13 +3,11 @@
 import pytest
 import torch
 
+from test_llm_gpu import rel
+
 from timeviper.llm.layers import rms_norm, rms_norm_torch
 
 pytestmark = pytest.mark.gpu
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 @pytest.mark.parametrize("gated, groups", [(False, 1), (True, 1), (True, 4), (False, 4)])

@@ -33,25 +33,15 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, gate: Tensor | None = None, 
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+    """`rms_norm` with a learned weight; `groups` and a `gate` at call time make Mamba-2's output norm."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return rms_norm(x, self.weight, self.eps)
-
-
-class GatedRMSNorm(nn.Module):
-    """Mamba-2's output norm: RMSNorm over groups of channels of x * silu(z)."""
-
-    def __init__(self, dim: int, groups: int, eps: float = 1e-5):
+    def __init__(self, dim: int, eps: float = 1e-5, groups: int = 1):
         super().__init__()
         self.eps, self.groups = eps, groups
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        return rms_norm(x, self.weight, self.eps, gate=z, groups=self.groups)
+    def forward(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
+        return rms_norm(x, self.weight, self.eps, gate=gate, groups=self.groups)
 
 
 class MLP(nn.Module):

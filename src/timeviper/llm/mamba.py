@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from timeviper.llm.cache import MambaState
 from timeviper.llm.config import LMConfig
 from timeviper.llm.conv import causal_conv1d, causal_conv1d_step
-from timeviper.llm.layers import GatedRMSNorm
+from timeviper.llm.layers import RMSNorm
 from timeviper.llm.ssd import ssd_scan, ssd_step
 
 
@@ -27,7 +27,7 @@ class Mamba2(nn.Module):
         self.dt_bias = nn.Parameter(torch.ones(self.heads))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, self.heads + 1, dtype=torch.float32)))
         self.D = nn.Parameter(torch.ones(self.heads))
-        self.norm = GatedRMSNorm(self.inner, self.groups, cfg.norm_eps)
+        self.norm = RMSNorm(self.inner, cfg.norm_eps, groups=self.groups)  # gated by z
         self.out_proj = nn.Linear(self.inner, cfg.hidden_size, bias=cfg.mamba_proj_bias)
 
     def empty_state(self, batch: int, device, dtype) -> MambaState:
