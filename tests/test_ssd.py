@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from ssd_reference import ssd_naive
 
-from timeviper.llm.ssd import _ssd_fla, fla_backward_supported, ssd_chunked, ssd_scan, ssd_step
+from timeviper.llm.ssd import _ssd_fla, fla_backward_supported, heads_of_groups, ssd_chunked, ssd_scan, ssd_step
 
 
 def make_inputs(b=2, T=37, H=4, P=8, G=2, N=16, init=False, device="cpu", dtype=torch.float32):
@@ -44,6 +44,13 @@ def test_chunked_groups(H, G):
     y_ref, h_ref = ssd_naive(x, dt, A, B, C, h0)
     assert_close(y, y_ref)
     assert_close(h, h_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_heads_of_groups_is_repeat_interleave(dtype):
+    xbc = torch.randn(2, 7, 40, dtype=dtype)
+    B = xbc[..., 8:32].unflatten(-1, (3, 8))  # [b, T, G, N], a strided slice as in the mixer
+    assert torch.equal(heads_of_groups(B, 12), B.repeat_interleave(4, dim=2))
 
 
 def test_split_equals_full():

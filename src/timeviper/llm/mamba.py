@@ -36,13 +36,20 @@ class Mamba2(nn.Module):
                           torch.zeros(batch, self.heads, self.head_dim, self.state_size, device=device,
                                       dtype=torch.float32))
 
+    def _in_proj(self, x: Tensor) -> list[Tensor]:
+        """z, xBC, dt: one GEMM per part of in_proj, so that each comes out contiguous (the gated norm and the
+        SSD would otherwise copy the strided slices of one wide output)."""
+        sizes = [self.inner, self.conv_dim, self.heads]
+        biases = [None] * 3 if self.in_proj.bias is None else self.in_proj.bias.split(sizes)
+        return [F.linear(x, w, bias) for w, bias in zip(self.in_proj.weight.split(sizes), biases)]
+
     def _dt(self, dt: Tensor) -> Tensor:
         return F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit)
 
     def forward(self, x: Tensor, cu_seqlens: Tensor | None = None, state: MambaState | None = None, **_) -> Tensor:
         """x [B, T, C]. With `state`, continues from it and leaves the new state in it."""
         b, t, _ = x.shape
-        z, xbc, dt = self.in_proj(x).split([self.inner, self.conv_dim, self.heads], dim=-1)
+        z, xbc, dt = self._in_proj(x)  # [B, T, inner], [B, T, conv_dim], [B, T, H]
         conv_w, conv_b = self.conv1d.weight[:, 0], self.conv1d.bias  # [conv_dim, K]
         A = -torch.exp(self.A_log.float())  # [H]
         gn = self.groups * self.state_size
