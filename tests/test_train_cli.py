@@ -84,6 +84,15 @@ def test_the_synthetic_recipes(name):
         assert config.train.loss_average == "sample"  # a one-letter answer weighs as much as a caption
 
 
+def test_the_motion_segment_replaces_the_embedded_mix():
+    mix = (CONFIGS / "embedded-motion-data.yaml").read_text()
+    config = load_config(CONFIGS / "embedded.yaml", [f"data.datasets={mix}"])  # as gpu_suite.sh's EMBEDDED_DATA
+    first = config.data.datasets[0]
+    assert first.name == "synth_motion_short" and first.synth.kind == "motion"
+    assert {d.synth.task for d in config.data.datasets} == {"mcq", "tvg", "caption"}
+    assert all(d.synth.seeds[1] <= 1_000_000 for d in config.data.datasets)  # the training split only
+
+
 def test_export_a_checkpoint(tmp_path, capsys):
     config, out = tiny_config(tmp_path / "tiny.yaml"), tmp_path / "run"
     assert main(["train", "--config", str(config), "--output", str(out), "--max-steps", "2"]) == 0
