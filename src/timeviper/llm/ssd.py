@@ -124,7 +124,7 @@ def heads_of_groups(t: Tensor, heads: int) -> Tensor:
 
 def _ssd_fla(x, dt, A, B, C, initial_state, cu_seqlens):
     H = x.shape[2]
-    q, k = heads_of_groups(C, H), heads_of_groups(B, H)  # fla's kernels want B and C per head
+    q, k = (heads_of_groups(t.to(x.dtype), H) for t in (C, B))  # [b,T,H,N]: fla's kernels want them per head
     v = x * dt.to(x.dtype)[..., None]  # [b,T,H,P], contiguous
     g = dt.float() * A.float()  # [b,T,H] log decay
     h0 = None if initial_state is None else initial_state.float()  # [b,H,P,N]: fla's "state_v_first" layout
