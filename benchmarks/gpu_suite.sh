@@ -19,8 +19,11 @@
 #   tiny-gpu         configs/tiny-gpu.yaml on one GPU (300 steps; the loss must fall)
 #   tiny-fsdp        the same on two GPUs (FSDP2), compared with tiny-gpu's losses
 #   train-throughput Nano-9B + so400m training speed and MFU over every GPU (FSDP2; bf16 weights on one GPU)
-#   triton-restore / triton-save   unpack .cache/triton.tgz into the Triton cache / pack it into OUT, so
-#                    that a fresh machine skips compiling and autotuning the kernels again
+#   triton-restore / triton-save   unpack benchmarks/triton-autotune.tgz into the Triton cache / pack the
+#                    cache's autotuning results (*.autotune.json: a few kB, not the 36 MB of compiled kernels)
+#                    into OUT: with them a fresh machine compiles only the chosen config of each fla kernel
+#                    instead of benchmarking every candidate (the results hold for one GPU kind, Triton and fla
+#                    version: elsewhere they are simply not found); e.g. `gpu_suite.sh triton-restore embedded`
 set -uo pipefail
 out=${OUT:-benchmarks/results}
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
@@ -76,8 +79,9 @@ for step in "$@"; do
     train-throughput) one_gpu=$([ "$gpus" = 1 ] && echo --bf16-weights)  # AdamW in fp32 needs 144 GB: FSDP2 or bf16 states
                       timeout 500 torchrun --standalone --nproc_per_node "$gpus" benchmarks/train_throughput.py \
                         $one_gpu --out "$out/train_throughput_${gpus}gpu.json" ;;
-    triton-restore) [ -f .cache/triton.tgz ] && mkdir -p "$TRITON_CACHE_DIR" && tar -xzf .cache/triton.tgz -C "$TRITON_CACHE_DIR" ;;
-    triton-save) tar -czf "$out/triton.tgz" -C "$TRITON_CACHE_DIR" . && ls -la "$out/triton.tgz" ;;
+    triton-restore) mkdir -p "$TRITON_CACHE_DIR" && tar -xzf benchmarks/triton-autotune.tgz -C "$TRITON_CACHE_DIR" ;;
+    triton-save) (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar -czf - -T -) > "$out/triton-autotune.tgz" \
+                   && tar -tzf "$out/triton-autotune.tgz" | wc -l && ls -la "$out/triton-autotune.tgz" ;;
     *) echo "unknown step $step" ;;
   esac
 done

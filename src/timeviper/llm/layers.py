@@ -12,6 +12,11 @@ try:
 except ImportError:
     fla_rms_norm = fla_gated_rms_norm = None
 
+# fla's plain norm for rows of <= 512 autotunes anew for every ceil(rows / 2048), and TransV makes the row count
+# of a packed batch change at every step: a small model spent ~9 s a step autotuning for its first ~100 steps.
+# Those rows go to PyTorch's own norm; wider ones (4,480 in Nano-9B) to fla's row kernel, which keys on the width.
+_FLA_MIN_WIDTH = 513
+
 
 def rms_norm_torch(x: Tensor, weight: Tensor, eps: float, gate: Tensor | None = None, groups: int = 1) -> Tensor:
     """The reference of `rms_norm`."""
@@ -23,10 +28,13 @@ def rms_norm_torch(x: Tensor, weight: Tensor, eps: float, gate: Tensor | None = 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float, gate: Tensor | None = None, groups: int = 1) -> Tensor:
     """weight * RMSNorm(x) over the last dim, normalised in `groups` equal slices; with `gate`, of x * silu(gate)
-    (Mamba-2's output norm). Float32 math, x's dtype out; fla's fused Triton kernels on CUDA."""
+    (Mamba-2's output norm). Float32 math, x's dtype out; fused kernels on CUDA (fla's, or PyTorch's for narrow
+    ungated rows)."""
     if not (x.is_cuda and fla_rms_norm is not None):
         return rms_norm_torch(x, weight, eps, gate, groups)
     if gate is None and groups == 1:
+        if x.shape[-1] < _FLA_MIN_WIDTH:
+            return F.rms_norm(x.float(), x.shape[-1:], weight.float(), eps).to(x.dtype)
         return fla_rms_norm(x, weight, None, eps=eps)
     return fla_gated_rms_norm(x, weight, None, z=gate, eps=eps, group_size=x.shape[-1] // groups,
                               norm_before_gate=False)
