@@ -1,0 +1,104 @@
+"""Where the embedded model loses "which way does the X move?": linear probes for the direction (4 classes).
+
+    python scripts/probe_motion.py vision [--model DIR]   # the vision tokens the LM is given
+    python scripts/probe_motion.py lm [--model DIR]       # the LM's hidden state at the answer position, per layer
+
+`vision` reads the direction from the actor's first and last on-screen frames (12 s motion clips; 1,500 train-split
+videos, 400 test-split): all 16 tokens of each, or their mean. `lm` prefills the motion question as inference does
+(800 train videos, 300 test) and probes every layer's output at the prompt's last token, which predicts the answer.
+Prints (train, test) accuracy per probe; chance is 0.25.
+"""
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from timeviper import TimeViper
+from timeviper.data.synth_source import sample_frames, task_prompt
+from timeviper.synth import make_item
+from timeviper.synth.world import MOTIONS
+
+TRAIN_SEEDS, TEST_SEEDS = range(800000, 900000), range(1100000, 1200000)
+
+
+def motion_items(seeds, n, frames=12):
+    """Up to n (video, item, actor) of motion questions, the actor on screen for >= 3 s."""
+    for seed in seeds:
+        if n == 0:
+            return
+        try:
+            spec, item = make_item("mcq", seed, frames, kind="motion")
+        except Exception:  # no motion question on this video
+            continue
+        actor = next(a for s in spec.scenes for a in s.actors
+                     if item["question"].startswith(f"Which way does the {a.obj} move on the {s.background}"))
+        if actor.end - actor.start >= 3:
+            n -= 1
+            yield spec, item, actor
+
+
+def fit(train_x, train_y, test_x, test_y, steps, l2):
+    """(train, test) accuracy of a standardised multinomial logistic regression."""
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    a, b = (train_x - mu) / sd, (test_x - mu) / sd
+    w = torch.zeros(a.shape[1], 4, requires_grad=True)
+    c = torch.zeros(4, requires_grad=True)
+    opt = torch.optim.Adam([w, c], lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        (F.cross_entropy(a @ w + c, train_y) + l2 * w.square().sum()).backward()
+        opt.step()
+    with torch.no_grad():
+        return tuple(round(((x @ w + c).argmax(1) == y).float().mean().item(), 3)
+                     for x, y in ((a, train_y), (b, test_y)))
+
+
+def vision_probe(model):
+    def data(seeds, n):  # [n, 2 frames, 16 tokens, C], directions [n]
+        xs, ys = [], []
+        for spec, _, actor in motion_items(seeds, n):
+            frames = torch.from_numpy(sample_frames(spec))[[actor.start, actor.end - 1]]
+            with torch.no_grad():
+                xs.append(model.embed_frames(frames).view(2, model.config.tokens_per_frame, -1))
+            ys.append(MOTIONS.index(actor.motion))
+        return torch.stack(xs), torch.tensor(ys)
+
+    (xa, ya), (xb, yb) = data(TRAIN_SEEDS, 1500), data(TEST_SEEDS, 400)
+    for name, f in [("all 16 tokens, last frame - first", lambda x: (x[:, 1] - x[:, 0]).flatten(1)),
+                    ("mean of the 16 tokens, last frame - first", lambda x: x[:, 1].mean(1) - x[:, 0].mean(1))]:
+        print(f"{name}: {fit(f(xa), ya, f(xb), yb, steps=500, l2=1e-3)}")
+
+
+def lm_probe(model):
+    layers = model.llm.layers
+    last = {}
+    for i, block in enumerate(layers):
+        block.register_forward_hook(lambda mod, inp, out, i=i: last.__setitem__(i, out[0, -1].clone()))
+
+    def data(seeds, n):  # [n, layers, C]: each layer's output at the prompt's last token (its last call: the prompt)
+        xs, ys = [], []
+        for spec, item, actor in motion_items(seeds, n):
+            with torch.no_grad():
+                model.prefill([torch.from_numpy(sample_frames(spec))], task_prompt(item))
+            xs.append(torch.stack([last[i] for i in range(len(layers))]))
+            ys.append(MOTIONS.index(actor.motion))
+        return torch.stack(xs), torch.tensor(ys)
+
+    (xa, ya), (xb, yb) = data(TRAIN_SEEDS, 800), data(TEST_SEEDS, 300)
+    for i, block in enumerate(layers):
+        print(f"layer {i:2d} ({block.kind}): {fit(xa[:, i], ya, xb[:, i], yb, steps=300, l2=1e-2)}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("probe", choices=["vision", "lm"])
+    p.add_argument("--model", default=None, help="a TimeViper directory (default: the embedded model)")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    model = TimeViper.from_pretrained(args.model, dtype=torch.float32).eval()
+    (vision_probe if args.probe == "vision" else lm_probe)(model)
+
+
+if __name__ == "__main__":
+    main()
