@@ -13,7 +13,7 @@ except ImportError:
     fla_rms_norm = fla_gated_rms_norm = None
 
 # fla's plain norm for rows of <= 512 autotunes anew for every ceil(rows / 2048), and TransV makes the row count
-# of a packed batch change at every step: a small model spent ~9 s a step autotuning for its first ~100 steps.
+# of a packed batch change at every step: a cold embedded run tuned it 35 times (~9 s each) in its first 100 steps.
 # Those rows go to PyTorch's own norm; wider ones (4,480 in Nano-9B) to fla's row kernel, which keys on the width.
 _FLA_MIN_WIDTH = 513
 
@@ -28,8 +28,8 @@ def rms_norm_torch(x: Tensor, weight: Tensor, eps: float, gate: Tensor | None = 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float, gate: Tensor | None = None, groups: int = 1) -> Tensor:
     """weight * RMSNorm(x) over the last dim, normalised in `groups` equal slices; with `gate`, of x * silu(gate)
-    (Mamba-2's output norm). Float32 math, x's dtype out; fused kernels on CUDA (fla's, or PyTorch's for narrow
-    ungated rows)."""
+    (Mamba-2's output norm). Float32 math, x's dtype out; on CUDA fla's fused Triton kernels (PyTorch's
+    F.rms_norm for narrow plain rows)."""
     if not (x.is_cuda and fla_rms_norm is not None):
         return rms_norm_torch(x, weight, eps, gate, groups)
     if gate is None and groups == 1:
