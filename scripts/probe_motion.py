@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from timeviper import TimeViper
 from timeviper.data.synth_source import sample_frames, task_prompt
+from timeviper.errors import ConfigError
 from timeviper.synth import make_item
 from timeviper.synth.world import MOTIONS
 
@@ -29,7 +30,7 @@ def motion_items(seeds, n, frames=12):
             return
         try:
             spec, item = make_item("mcq", seed, frames, kind="motion")
-        except Exception:  # no motion question on this video
+        except ConfigError:  # no motion question on this video
             continue
         actor = next(a for s in spec.scenes for a in s.actors
                      if item["question"].startswith(f"Which way does the {a.obj} move on the {s.background}"))

@@ -15,7 +15,7 @@ except ImportError:
 # fla's plain norm for rows of <= 512 autotunes anew for every ceil(rows / 2048), and TransV makes the row count
 # of a packed batch change at every step: a cold embedded run tuned it 35 times (~9 s each) in its first 100 steps.
 # Those rows go to PyTorch's own norm; wider ones (4,480 in Nano-9B) to fla's row kernel, which keys on the width.
-_FLA_MIN_WIDTH = 513
+_TORCH_MAX_WIDTH = 512
 
 
 def rms_norm_torch(x: Tensor, weight: Tensor, eps: float, gate: Tensor | None = None, groups: int = 1) -> Tensor:
@@ -33,7 +33,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, gate: Tensor | None = None, 
     if not (x.is_cuda and fla_rms_norm is not None):
         return rms_norm_torch(x, weight, eps, gate, groups)
     if gate is None and groups == 1:
-        if x.shape[-1] < _FLA_MIN_WIDTH:
+        if x.shape[-1] <= _TORCH_MAX_WIDTH:
             return F.rms_norm(x.float(), x.shape[-1:], weight.float(), eps).to(x.dtype)
         return fla_rms_norm(x, weight, None, eps=eps)
     return fla_gated_rms_norm(x, weight, None, z=gate, eps=eps, group_size=x.shape[-1] // groups,
