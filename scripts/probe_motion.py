@@ -2,11 +2,13 @@
 
     python scripts/probe_motion.py vision [--model DIR]   # the vision tokens the LM is given
     python scripts/probe_motion.py lm [--model DIR]       # the LM's hidden state at the answer position, per layer
+    python scripts/probe_motion.py answer [--model DIR]   # the model's own answers
 
 `vision` reads the direction from the actor's first and last on-screen frames (12 s motion clips; 1,500 train-split
 videos, 400 test-split): all 16 tokens of each, or their mean. `lm` prefills the motion question as inference does
 (800 train videos, 300 test) and probes every layer's output at the prompt's last token, which predicts the answer.
-Prints (train, test) accuracy per probe; chance is 0.25.
+Prints (train, test) accuracy per probe; chance is 0.25. `answer` asks 60 test-split motion questions on 8-16 s
+clips and prints the accuracy and the directions the model answered.
 """
 
 import argparse
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from timeviper import TimeViper
 from timeviper.data.synth_source import sample_frames, task_prompt
 from timeviper.errors import ConfigError
+from timeviper.eval import runner
 from timeviper.synth import make_item
 from timeviper.synth.world import MOTIONS
 
@@ -91,14 +94,30 @@ def lm_probe(model):
         print(f"layer {i:2d} ({block.kind}): {fit(xa[:, i], ya, xb[:, i], yb, steps=300, l2=1e-2)}")
 
 
+def answer_accuracy(model, n=60):
+    def questions():  # test-split motion questions on clips of 8-16 s
+        for seed in TEST_SEEDS:
+            try:
+                yield make_item("mcq", seed, 8 + seed % 9, kind="motion")
+            except ConfigError:  # no motion question on this video
+                continue
+
+    right, said = 0, set()
+    for _, (spec, item) in zip(range(n), questions()):
+        record = runner.predict(model, torch.from_numpy(sample_frames(spec)), item)
+        right += record["answer"] == item["answer"]
+        said.add(record["raw"].split(" (")[0])
+    print(f"motion answers: {right}/{n} right ({right / n:.2f}); directions said: {sorted(said)}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("probe", choices=["vision", "lm"])
+    p.add_argument("probe", choices=["vision", "lm", "answer"])
     p.add_argument("--model", default=None, help="a TimeViper directory (default: the embedded model)")
     args = p.parse_args()
     torch.manual_seed(0)
     model = TimeViper.from_pretrained(args.model, dtype=torch.float32).eval()
-    (vision_probe if args.probe == "vision" else lm_probe)(model)
+    {"vision": vision_probe, "lm": lm_probe, "answer": answer_accuracy}[args.probe](model)
 
 
 if __name__ == "__main__":
