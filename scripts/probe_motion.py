@@ -26,18 +26,19 @@ from timeviper.synth.world import MOTIONS
 TRAIN_SEEDS, TEST_SEEDS = range(800000, 900000), range(1100000, 1200000)
 
 
-def motion_items(seeds, n, frames=12):
-    """Up to n (video, item, actor) of motion questions, the actor on screen for >= 3 s."""
+def motion_items(seeds, n, frames=lambda seed: 12, min_seconds=3):
+    """Up to n (video, item, actor) of motion questions on videos of frames(seed) s, the actor on screen for
+    >= min_seconds (every motion question's actor is on screen for >= 2 s)."""
     for seed in seeds:
         if n == 0:
             return
         try:
-            spec, item = make_item("mcq", seed, frames, kind="motion")
+            spec, item = make_item("mcq", seed, frames(seed), kind="motion")
         except ConfigError:  # no motion question on this video
             continue
         actor = next(a for s in spec.scenes for a in s.actors
                      if item["question"].startswith(f"Which way does the {a.obj} move on the {s.background}"))
-        if actor.end - actor.start >= 3:
+        if actor.end - actor.start >= min_seconds:
             n -= 1
             yield spec, item, actor
 
@@ -95,15 +96,8 @@ def lm_probe(model):
 
 
 def answer_accuracy(model, n=60):
-    def questions():  # test-split motion questions on clips of 8-16 s
-        for seed in TEST_SEEDS:
-            try:
-                yield make_item("mcq", seed, 8 + seed % 9, kind="motion")
-            except ConfigError:  # no motion question on this video
-                continue
-
     right, said = 0, set()
-    for _, (spec, item) in zip(range(n), questions()):
+    for spec, item, _ in motion_items(TEST_SEEDS, n, frames=lambda seed: 8 + seed % 9, min_seconds=2):
         record = runner.predict(model, torch.from_numpy(sample_frames(spec)), item)
         right += record["answer"] == item["answer"]
         said.add(record["raw"].split(" (")[0])
