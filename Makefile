@@ -21,12 +21,18 @@ test: install
 demo: install
 	$(VENV)/bin/timeviper demo
 
-# Retrain the embedded model from scratch on one GPU (needs the gpu extra: pip install -e ".[gpu]"):
-# vision pretraining, the VLM stage of configs/embedded.yaml, then a bf16 model directory in runs/embedded-model.
+# Retrain the embedded model from scratch on one GPU (needs the gpu extra: pip install -e ".[gpu]"), in the phases
+# of the shipped model (its model card): vision pretraining; motion questions alone, which a fresh LM needs to
+# start on; then the VLM stage of configs/embedded.yaml; a bf16 model directory in runs/embedded-model.
 embedded: install
 	$(PY) -m timeviper.synth.pretrain_vision --config configs/embedded.yaml --out runs/embedded-vision --workers 12
+	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-motion \
+		--set model.tiny=null --set model.pretrained=runs/embedded-vision \
+		--set "data.datasets=$$(cat configs/embedded-motion-only.yaml)" --set train.max_steps=620 \
+		--set optim.scheduler=constant --set optim.warmup_ratio=0.001
+	$(VENV)/bin/timeviper export runs/embedded-motion --out runs/embedded-motion-model
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded \
-		--set model.tiny=null --set model.pretrained=runs/embedded-vision
+		--set model.tiny=null --set model.pretrained=runs/embedded-motion-model
 	$(VENV)/bin/timeviper export runs/embedded --out runs/embedded-model --dtype bfloat16
 
 clean:

@@ -10,7 +10,7 @@
 #                    EMBEDDED_SECONDS (default 420) at a constant learning rate, on the data order of EMBEDDED_SEED
 #                    (required: a new one for every segment, or it sees the samples of the last one again;
 #                    EMBEDDED_DATA: a YAML list of datasets in place of the config's mix, e.g.
-#                    configs/embedded-motion-data.yaml; EMBEDDED_SET: more overrides), then export it in bf16
+#                    configs/embedded-motion-only.yaml; EMBEDDED_SET: more overrides), then export it in bf16
 #                    to OUT/embedded, with its metrics and a profile of steps 6-8; EMBEDDED_VISION_STEPS=N
 #                    first pretrains the vision front on labelled frames for N steps (timeviper.synth.pretrain_vision)
 #   embedded-sweep   the shipped (or SWEEP_MODEL) model's quality by video length on the GPU, cells written as they

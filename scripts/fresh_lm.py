@@ -2,8 +2,8 @@
 
     python scripts/fresh_lm.py OUT [--model DIR] [--seed 0]
 
-The starting point of a VLM run that reuses a trained vision front, e.g. the motion learnability check of the
-embedded model card (configs/embedded-motion-only.yaml).
+The starting point of a VLM run that reuses a trained vision front, e.g. the shipped embedded model's first phase
+(configs/embedded-motion-only.yaml; its model card tells the whole recipe).
 """
 
 import argparse

@@ -84,9 +84,8 @@ def test_the_synthetic_recipes(name):
         assert config.train.loss_average == "sample"  # a one-letter answer weighs as much as a caption
 
 
-def test_the_motion_segment_replaces_the_embedded_mix():
-    mix = (CONFIGS / "embedded-motion-data.yaml").read_text()
-    config = load_config(CONFIGS / "embedded.yaml", [f"data.datasets={mix}"])  # as gpu_suite.sh's EMBEDDED_DATA
+def test_the_embedded_mix_asks_about_motion_from_the_first_step():
+    config = load_config(CONFIGS / "embedded.yaml")
     first = config.data.datasets[0]
     assert first.name == "synth_motion_short" and first.synth.kind == "motion"
     assert {d.synth.task for d in config.data.datasets} == {"mcq", "tvg", "caption"}
