@@ -23,7 +23,8 @@ demo: install
 
 # Retrain the embedded model from scratch on one GPU (needs the gpu extra: pip install -e ".[gpu]"), in the phases
 # of the shipped model (its model card): vision pretraining; motion questions alone, which a fresh LM needs to
-# start on; then the VLM stage of configs/embedded.yaml; a bf16 model directory in runs/embedded-model.
+# start on; the VLM stage of configs/embedded.yaml; then 1,120 steps of configs/embedded-grounding.yaml's
+# grounding-heavy mix, cosine 3e-4 -> 2e-5; a bf16 model directory in runs/embedded-model.
 embedded: install
 	$(PY) -m timeviper.synth.pretrain_vision --config configs/embedded.yaml --out runs/embedded-vision --workers 12
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-motion \
@@ -33,7 +34,13 @@ embedded: install
 	$(VENV)/bin/timeviper export runs/embedded-motion --out runs/embedded-motion-model
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded \
 		--set model.tiny=null --set model.pretrained=runs/embedded-motion-model
-	$(VENV)/bin/timeviper export runs/embedded --out runs/embedded-model --dtype bfloat16
+	$(VENV)/bin/timeviper export runs/embedded --out runs/embedded-mix-model
+	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-grounding \
+		--set model.tiny=null --set model.pretrained=runs/embedded-mix-model \
+		--set "data.datasets=$$(cat configs/embedded-grounding.yaml)" --set train.max_steps=1120 \
+		--set optim.lr=3.0e-4 --set optim.transv_lr=3.0e-4 --set optim.min_lr_ratio=0.0667 \
+		--set optim.warmup_ratio=0.008
+	$(VENV)/bin/timeviper export runs/embedded-grounding --out runs/embedded-model --dtype bfloat16
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

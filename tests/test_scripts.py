@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -29,9 +30,11 @@ def test_fresh_lm_keeps_the_vision_front_and_renews_the_rest(tmp_path):
     assert model.config.transv == TimeViper.from_pretrained(None, torch.float32).config.transv
 
 
-def test_the_motion_phase_loads_in_place_of_the_mix():  # as gpu_suite.sh's EMBEDDED_DATA and make embedded
-    text = (ROOT / "configs" / "embedded-motion-only.yaml").read_text()
+@pytest.mark.parametrize("phase, weighted", [("embedded-motion-only", "synth_motion_only"),
+                                               ("embedded-grounding", "synth_tvg_short")])
+def test_a_phase_mix_loads_in_place_of_the_mix(phase, weighted):  # as gpu_suite.sh's EMBEDDED_DATA and make embedded
+    text = (ROOT / "configs" / f"{phase}.yaml").read_text()
     config = load_config(ROOT / "configs" / "embedded.yaml",
                          ["model.tiny=null", "model.pretrained=embedded", f"data.datasets={text}"])
     assert all(spec.synth is not None for spec in config.data.datasets)
-    assert any(spec.synth.kind == "motion" for spec in config.data.datasets)
+    assert weighted in [spec.name for spec in config.data.datasets]
