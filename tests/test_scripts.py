@@ -30,11 +30,11 @@ def test_fresh_lm_keeps_the_vision_front_and_renews_the_rest(tmp_path):
     assert model.config.transv == TimeViper.from_pretrained(None, torch.float32).config.transv
 
 
-@pytest.mark.parametrize("phase, weighted", [("embedded-motion-only", "synth_motion_only"),
-                                               ("embedded-grounding", "synth_tvg_short")])
-def test_a_phase_mix_loads_in_place_of_the_mix(phase, weighted):  # as gpu_suite.sh's EMBEDDED_DATA and make embedded
+@pytest.mark.parametrize("phase, name, weight", [("embedded-motion-only", "synth_motion_only", 1),
+                                                  ("embedded-grounding", "synth_tvg_short", 4)])  # the mix's: 1
+def test_a_phase_mix_loads_in_place_of_the_mix(phase, name, weight):  # as gpu_suite.sh's EMBEDDED_DATA, make embedded
     text = (ROOT / "configs" / f"{phase}.yaml").read_text()
     config = load_config(ROOT / "configs" / "embedded.yaml",
                          ["model.tiny=null", "model.pretrained=embedded", f"data.datasets={text}"])
     assert all(spec.synth is not None for spec in config.data.datasets)
-    assert weighted in [spec.name for spec in config.data.datasets]
+    assert {spec.name: spec.weight for spec in config.data.datasets}[name] == weight
