@@ -12,6 +12,7 @@ HYBRID = LMConfig(vocab_size=53, hidden_size=32, pattern="M-M*-M-*-M-", num_head
                   chunk_size=8)
 QWEN = LMConfig(model_type="qwen3", vocab_size=53, hidden_size=32, pattern="*-*-*-*-", num_heads=4, num_kv_heads=2,
                 head_dim=8, intermediate_size=48, mlp_act="swiglu", qk_norm=True, rope_theta=100.0)
+HYBRID_LOGN = HYBRID.replace(logn_attention_length=8)  # every query past the 8th token scaled, TransV's too
 SPECS = ["none", "uni_2_0.5", "td_2_0.5", "uni_2_0.5-attn_7_0.75", "uni_1_0.3-attn_3_0.5-tdattn_7_0.5"]
 
 
@@ -35,7 +36,7 @@ def unchunked_logits(llm, transv, prefix, vision, instruction, extra=None):
     return llm.head(out)[1]
 
 
-@pytest.mark.parametrize("cfg", [HYBRID, QWEN], ids=["hybrid", "qwen3"])
+@pytest.mark.parametrize("cfg", [HYBRID, QWEN, HYBRID_LOGN], ids=["hybrid", "qwen3", "hybrid-logn"])
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("chunk", [7, 64])
 def test_chunked_staged_prefill_matches_unchunked(cfg, spec, chunk):

@@ -13,6 +13,7 @@ CONFIGS = {
     "qwen3": LMConfig(model_type="qwen3", vocab_size=61, hidden_size=48, pattern="*-*-", num_heads=4, num_kv_heads=2,
                       head_dim=12, intermediate_size=64, mlp_act="swiglu", qk_norm=True, rope_theta=100.0),
 }
+CONFIGS.update({f"{name}-logn": cfg.replace(logn_attention_length=6) for name, cfg in CONFIGS.items()})
 
 
 @pytest.fixture(params=list(CONFIGS))

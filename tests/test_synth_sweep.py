@@ -128,6 +128,17 @@ def test_other_settings_are_refused(model_dir, tmp_path, capsys):
     assert "other settings (model " in capsys.readouterr().err and out.read_text() == before
 
 
+def test_logn_length_is_applied_and_recorded(model_dir, tmp_path, calls):
+    out = tmp_path / "sweep.json"
+    args = ("--tasks", "mcq", "--frames", "8", "--items", "1", "--transv", "default")
+    assert sweep(model_dir, out, *args, "--logn-length", "6") == 0
+    assert json.loads(out.read_text())["settings"]["logn_length"] == 6
+    ((model, _, _),) = calls
+    assert model.config.llm.logn_attention_length == 6
+    assert all(m.logn_length == 6 for m in model.transv.values())
+    assert sweep(model_dir, out, *args, "--logn-length", "none") == 1  # another setting: refused
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--tasks", "mcq,qa"], "unknown task 'qa'"),
     (["--frames", "8,0"], "--frames must be positive whole seconds"),

@@ -27,7 +27,24 @@ def load_model(args):
     model = TimeViper.from_pretrained(args.model, dtype=dtype, device=device)
     if args.transv is not None:
         model.set_transv(args.transv)
+    if args.logn_length != "default":
+        model.set_logn_attention(args.logn_length)
     return model
+
+
+def logn_length(text: str) -> int | None | str:
+    """--logn-length: 'default' (the model's own), 'none' (off) or a length of at least 2 tokens."""
+    if text in ("default", "none"):
+        return None if text == "none" else text
+    if not text.isdecimal() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"expected default, none or a whole number >= 2, got {text!r}")
+    return int(text)
+
+
+def logn_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--logn-length", type=logn_length, default="default", metavar="N|none|default",
+                   help="scale attention past N tokens (log n / log N) for videos longer than training's; "
+                        "default: the model's own setting")
 
 
 def answer(args, instruction: str) -> tuple[str, int, float]:
@@ -157,6 +174,7 @@ def video_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampling", choices=("uniform", "first"), default="uniform")
     p.add_argument("--fps", type=float, default=1.0)
     p.add_argument("--transv", default=None, help="override the TransV spec, e.g. none or uni_7_0.5")
+    logn_arg(p)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--chunk-frames", type=int, default=256, help="frames per streamed chunk")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -234,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=256)
     p.add_argument("--sampling", choices=("uniform", "first"), default="first")
     p.add_argument("--transv", default=None)
+    logn_arg(p)
     p.add_argument("--device", default=None)
     p.set_defaults(run=cmd_eval)
     return parser

@@ -105,7 +105,7 @@ def _instruction_through(llm, chunk: Chunk, start, stop, uniform, memories, cach
             k = torch.cat([m[0] for m in memories[l]], dim=1)
             v = torch.cat([m[1] for m in memories[l]], dim=1)
             memories[l].clear()
-            h = h + module.delta(h[0], k, v)[None]
+            h = h + module.delta(h[0], k, v, positions=chunk.positions)[None]
     h = llm.run_layers(h, layer, stop, chunk.positions, cache=cache)
     return Chunk(h, chunk.positions, False)
 
@@ -134,7 +134,8 @@ def _select_and_transfer(llm, module: TransV, layer: int, kept: list[Chunk], ins
         if (~d).any():
             out.append(Chunk(c.h[:, ~d], c.positions[:, ~d], True))
     if ks:
-        instruction.h = instruction.h + module.delta(instruction.h[0], torch.cat(ks, 1), torch.cat(vs, 1))[None]
+        instruction.h = instruction.h + module.delta(instruction.h[0], torch.cat(ks, 1), torch.cat(vs, 1),
+                                                     positions=instruction.positions)[None]
     return out
 
 

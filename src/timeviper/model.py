@@ -103,6 +103,14 @@ class TimeViper(nn.Module):
             del self.transv[key]
         self.config.transv = spec
 
+    def set_logn_attention(self, length: int | None) -> None:
+        """Scale the LLM's and TransV's attention past `length` tokens (None: off), so that videos far longer
+        than those of training are read as sharply (see llm.attention.logn_scale). The embedded model ships
+        with 1,024, which its model card justifies."""
+        self.llm.set_logn_attention(length)
+        for module in self.transv.values():
+            module.logn_length = length
+
     # --- vision ----------------------------------------------------------------------------------------
     def embed_frames(self, videos: Tensor | Sequence[Tensor]) -> Tensor:
         """uint8 frames [F, H, W, 3], or several videos of such frames (of any sizes) -> vision tokens
@@ -148,7 +156,7 @@ class TimeViper(nn.Module):
             rows = torch.cat([torch.arange(start, end) for start, end, _ in videos]).to(self.device)
             vision = self.embed_frames([frames for *_, frames in videos])
             h = h.index_put((torch.zeros_like(rows), rows), vision.to(h.dtype))
-        positions = batch["position_ids"].to(self.device) if self.config.llm.rope_theta is not None else None
+        positions = batch["position_ids"].to(self.device) if self.config.llm.needs_positions else None
         out, index = run_packed(self.llm, self.transv_layers, h, positions, spans_of(batch))
         labels = batch["labels"].to(self.device)[0, index]
         learn = labels != -100

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from timeviper.errors import ConfigError
-from timeviper.llm.attention import Attention
+from timeviper.llm.attention import Attention, logn_scale
 from timeviper.llm.config import LMConfig
 from timeviper.llm.layers import RMSNorm
 
@@ -147,7 +147,7 @@ class TransV(nn.Module):
 
     def __init__(self, cfg: LMConfig, spec: TransVSpec):
         super().__init__()
-        self.spec = spec
+        self.spec, self.logn_length = spec, cfg.logn_attention_length
         if not spec.transfers:
             return
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -166,11 +166,15 @@ class TransV(nn.Module):
         v = self.v_proj(h).view(-1, self.num_kv_heads, self.head_dim).transpose(0, 1)
         return k, v
 
-    def delta(self, x1: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    def delta(self, x1: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+              positions: Tensor | None = None) -> Tensor:
         """x1 [m, C] instruction tokens; k, v [Hkv, n, D] -> tanh(alpha) * CrossAttn(x1, dropped) [m, C].
 
-        mask [m, n] (bool, optional): which dropped tokens each instruction token may see."""
+        mask [m, n] (bool, optional): which dropped tokens each instruction token may see. positions [1, m]:
+        the instruction tokens' position ids, for logn scaling as in the LLM's attention."""
         q = self.q_proj(self.norm_q(x1)).view(-1, self.num_heads, self.head_dim).transpose(0, 1)  # [H, m, D]
+        if self.logn_length is not None:
+            q = q * logn_scale(positions, self.logn_length)[:, :, None].to(q.dtype)
         out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask,
                                              enable_gqa=True)[0]  # [H, m, D]
         return torch.tanh(self.alpha).to(x1.dtype) * self.o_proj(out.transpose(0, 1).reshape(x1.shape[0], -1))
@@ -245,8 +249,10 @@ def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor 
         k, v = module.memory(h[0, vision[drop]])  # [Hkv, n, D]
         mask = instruction_sample[:, None] == vision_sample[drop][None]  # [m, n]
         receives = mask.any(1)  # a sample that dropped nothing transfers nothing
-        delta = module.delta(h[0, instruction[receives]], k, v, mask[receives])
-        h = h.index_add(1, instruction[receives], delta[None])
+        receivers = instruction[receives]
+        delta = module.delta(h[0, receivers], k, v, mask[receives],
+                             None if positions is None else positions[:, receivers])
+        h = h.index_add(1, receivers, delta[None])
     keep = torch.ones(h.shape[1], dtype=torch.bool, device=h.device)
     keep[vision[drop]] = False
     removed = [0, *itertools.accumulate(counts)]

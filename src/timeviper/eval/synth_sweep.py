@@ -1,7 +1,8 @@
 """Quality on the synthetic world's test split across video lengths and TransV settings; no video files.
 
     python -m timeviper.eval.synth_sweep --tasks mcq,tvg,needle --frames 256,2000,10000 --items 50 \
-        --transv default,none,uni_7_0.5 --out runs/sweep.json --plot runs/sweep.png [--model DIR] [--max-frames 1024]
+        --transv default,none,uni_7_0.5 --out runs/sweep.json --plot runs/sweep.png [--model DIR] [--max-frames 1024] \
+        [--logn-length none|N]
 
 A cell (transv, task, length) asks the model about the first --items usable test seeds from 1,100,000 +
 --seed-offset (needle: mcq questions about the needle scene, so seeds whose video has none are passed
@@ -13,7 +14,7 @@ model is loaded afresh for each setting, so trained TransV weights are never los
 OUT is JSON, rewritten after each cell, so a rerun with the same OUT skips the cells it holds (its
 settings must match):
 
-    {"settings": {"model", "items", "seed_offset", "max_frames", "size"},
+    {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"]},
      "cells": [{"transv", "spec", "task", "frames", "n", "metrics", "seconds", "seconds_per_item",
                 "frames_per_item", "seeds", "responses"}, ...]}
 
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from timeviper.cli import logn_arg
 from timeviper.data.synth_source import sample_frames
 from timeviper.errors import ConfigError, TimeViperError
 from timeviper.eval import runner
@@ -132,6 +134,8 @@ def sweep(args) -> list[dict]:
     transv, tasks, lengths = parse_grid(args)
     settings = {"model": args.model and str(Path(args.model).resolve()), "items": args.items,
                 "seed_offset": args.seed_offset, "max_frames": args.max_frames, "size": args.size}
+    if args.logn_length != "default":  # (files of the model's own setting hold no such key)
+        settings["logn_length"] = args.logn_length
     out = Path(args.out)
     results = load_results(out, settings)
     found = {cell_key(cell): cell for cell in results["cells"]}
@@ -140,7 +144,7 @@ def sweep(args) -> list[dict]:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(todo) * args.items, unit="item", file=sys.stderr) as bar:
         for setting, keys in itertools.groupby(todo, key=lambda key: key[0]):
-            model = load_model(argparse.Namespace(model=args.model, device=args.device,
+            model = load_model(argparse.Namespace(model=args.model, device=args.device, logn_length=args.logn_length,
                                                   transv=None if setting == "default" else setting))
             for key in keys:
                 bar.set_description(" ".join(map(str, key)))
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-offset", type=int, default=0, help="first seed: the test split's start + this")
     parser.add_argument("--transv", default="default,none",
                         help="comma list of TransV specs; default: the model's own, none: off")
+    logn_arg(parser)
     parser.add_argument("--max-frames", type=int, help="frames read per video, spread uniformly (default: all)")
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
     parser.add_argument("--device", help="default: cuda if available (bf16), else cpu (fp32)")

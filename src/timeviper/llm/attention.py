@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,18 @@ def rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
     cos, sin = angles.cos(), angles.sin()
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def logn_scale(positions: Tensor, length: int) -> Tensor:
+    """max(1, log(n) / log(length)) for the query at position n - 1: [B, T] long -> [B, T] float32.
+
+    A query over n keys spreads its softmax over more of them as n grows (its entropy can grow like
+    log n), so attention trained on sequences of a few thousand tokens blurs on a million. Multiplying
+    the logits by log n / log length makes the gap between a relevant key and the rest grow with the
+    crowd of others (Chiang & Cholak 2022; Qwen's logn attention). Queries within `length` are untouched,
+    and no retraining is needed: `length` is set at inference, at the training length or below it.
+    """
+    return ((positions + 1).float().log() / math.log(length)).clamp(min=1.0)
 
 
 def _varlen_flash(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_len: int) -> Tensor:
@@ -54,7 +67,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.rope_theta = cfg.rope_theta
+        self.rope_theta, self.logn_length = cfg.rope_theta, cfg.logn_attention_length
         self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=cfg.attention_bias)
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
@@ -64,7 +77,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
     def qkv(self, x: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, T, C] -> q [B, H, T, D], k and v [B, Hkv, T, D] (normed and rotated)."""
+        """x [B, T, C] -> q [B, H, T, D], k and v [B, Hkv, T, D] (normed, rotated, q logn-scaled)."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
@@ -74,6 +87,8 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.rope_theta is not None:
             q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+        if self.logn_length is not None:
+            q = q * logn_scale(positions, self.logn_length)[:, None, :, None].to(q.dtype)
         return q, k, v
 
     def forward(self, x: Tensor, positions: Tensor | None = None, cu_seqlens: Tensor | None = None,

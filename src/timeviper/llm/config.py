@@ -39,6 +39,9 @@ class LMConfig:
     attention_bias: bool = False  # Qwen2: bias on q/k/v (never on o)
     qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k
     rope_theta: float | None = None  # None: no positional encoding (NemotronH)
+    # Past this many tokens, queries are scaled by log(position + 1) / log(length), so attention over far
+    # more keys than training showed stays sharp (see attention.logn_scale). None: never scaled.
+    logn_attention_length: int | None = None
     # MLP
     intermediate_size: int = 15680
     mlp_act: str = "relu2"  # "relu2": down(relu(up x)^2) ; "swiglu": down(silu(gate x) * up x)
@@ -72,6 +75,7 @@ class LMConfig:
         if self.mlp_act not in ("relu2", "swiglu"):
             raise ConfigError(f"mlp_act must be 'relu2' or 'swiglu', got {self.mlp_act!r}")
         self.time_step_limit = tuple(float(v) for v in self.time_step_limit)
+        check_logn_length(self.logn_attention_length)
 
     @property
     def mixers(self) -> list[str]:
@@ -84,6 +88,11 @@ class LMConfig:
     @property
     def mamba_inner(self) -> int:
         return self.mamba_num_heads * self.mamba_head_dim
+
+    @property
+    def needs_positions(self) -> bool:
+        """Whether attention reads position ids: rotary embeddings or logn scaling."""
+        return self.rope_theta is not None or self.logn_attention_length is not None
 
     @property
     def attention_layers(self) -> list[int]:
@@ -103,6 +112,11 @@ class LMConfig:
         return cls(model_type="qwen3", vocab_size=151936, hidden_size=4096, pattern="*-" * 36, norm_eps=1e-6,
                    num_heads=32, num_kv_heads=8, head_dim=128, qk_norm=True, rope_theta=1e6,
                    intermediate_size=12288, mlp_act="swiglu")
+
+
+def check_logn_length(length) -> None:
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 2):
+        raise ConfigError(f"logn_attention_length must be an integer >= 2 or None, got {length!r}")
 
 
 def pattern_from_layer_types(layer_types: list[str]) -> str:

@@ -40,6 +40,7 @@ _QWEN_FIELDS = [
     ("num_kv_heads", ["num_key_value_heads"]), ("head_dim", ["head_dim"]), ("intermediate_size", ["intermediate_size"]),
 ]
 _TOKEN_FIELDS = [("bos_token_id", ["bos_token_id"]), ("eos_token_id", ["eos_token_id"]), ("pad_token_id", ["pad_token_id"])]
+_LOGN = "logn_attention_length"
 # keys that we derive or rewrite ourselves and so do not carry through `extra`
 _DERIVED = {"model_type", "architectures", "hybrid_override_pattern", "layers_block_type", "layer_types",
             "num_hidden_layers", "rope_theta", "rope_parameters", "rope_scaling", "hidden_act", "mlp_hidden_act",
@@ -100,7 +101,9 @@ def config_from_hf(raw: dict) -> LMConfig:
                 raise CheckpointError(f"{model_type} hidden_act {raw['hidden_act']!r} is not supported (only silu)")
         else:
             raise CheckpointError(f"unknown model_type {model_type!r}: expected nemotron_h, qwen2 or qwen3")
-        extra = {k: v for k, v in raw.items() if k not in used and k not in _DERIVED}
+        if raw.get(_LOGN) is not None:  # ours: transformers' classes ignore it
+            values["logn_attention_length"] = raw[_LOGN]
+        extra = {k: v for k, v in raw.items() if k not in used and k not in _DERIVED and k != _LOGN}
         return LMConfig(model_type=model_type, extra=extra, **values)
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{model_type} config.json is incomplete or invalid: {e}") from None
@@ -121,6 +124,8 @@ def config_to_hf(cfg: LMConfig, dtype: torch.dtype) -> dict:
                    rope_theta=cfg.rope_theta, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
         if cfg.model_type == "qwen3":
             raw["attention_bias"] = cfg.attention_bias
+    if cfg.logn_attention_length is not None:
+        raw[_LOGN] = cfg.logn_attention_length
     raw["torch_dtype"] = str(dtype).removeprefix("torch.")
     if raw.get("time_step_limit") and math.isinf(raw["time_step_limit"][1]):
         raw["time_step_limit"] = [raw["time_step_limit"][0], 1e30]  # JSON has no infinity

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from timeviper.llm.attention import Attention
 from timeviper.llm.cache import Cache, KVCache
-from timeviper.llm.config import LMConfig
+from timeviper.llm.config import LMConfig, check_logn_length
 from timeviper.llm.layers import MLP, RMSNorm
 from timeviper.llm.mamba import Mamba2
 
@@ -90,13 +90,21 @@ class HybridLM(nn.Module):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         b, t, _ = h.shape
-        if positions is None and self.config.rope_theta is not None:
+        if positions is None and self.config.needs_positions:
             positions = self.positions_for(b, t, cache, h.device) if cu_seqlens is None else packed_positions(cu_seqlens)
         h = self.run_layers(h, 0, len(self.layers), positions, cu_seqlens, cache)
         if cache is not None:
             cache.next_position += t
         h, logits = self.head(h, num_logits)
         return LMOutput(logits, h, cache)
+
+    def set_logn_attention(self, length: int | None) -> None:
+        """Scale attention past `length` tokens (see attention.logn_scale); None turns it off."""
+        check_logn_length(length)
+        self.config.logn_attention_length = length
+        for block in self.layers:
+            if block.kind == "attention":
+                block.mixer.logn_length = length
 
     # --- checkpoints ---------------------------------------------------------------------------------
     @classmethod
