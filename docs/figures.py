@@ -72,10 +72,18 @@ def embedded_quality(path: Path) -> None:
     plot_sweep(json.loads((RESULTS / "embedded_quality.json").read_text())["cells"], path)
 
 
+def embedded_logn(path: Path) -> None:
+    """Needle accuracy by video length for each logn attention length (TransV as trained)."""
+    cells = json.loads((RESULTS / "embedded_logn.json").read_text())["cells"]
+    plot_sweep([dict(c, transv=f"logn {c['logn_length'] or 'off'}") for c in cells
+                if c["task"] == "needle" and c["transv"] == "default"], path)
+
+
 if __name__ == "__main__":
     out = HERE / "figures"
     out.mkdir(exist_ok=True)
     synthetic_world(out / "synthetic_world.png")
     efficiency(out / "efficiency.png")
     embedded_quality(out / "embedded_quality.png")
+    embedded_logn(out / "embedded_logn.png")
     print(f"wrote {out}")
