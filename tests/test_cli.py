@@ -89,7 +89,8 @@ def test_errors_are_one_line_and_exit_1(capsys, tmp_path, model_dir, video, argv
 
 @pytest.mark.parametrize("argv", [[], ["ask"], ["synth", "--task", "qa", "--seed", "1", "--frames", "2", "--out", "x"],
                                   ["eval", "synth-mcq"], ["train"], ["caption", "v.mp4", "--logn-length", "1"],
-                                  ["ask", "v.mp4", "What?", "--logn-length", "long"]])
+                                  ["ask", "v.mp4", "What?", "--logn-length", "long"],
+                                  ["export", "run", "--out", "m", "--logn-length", "none"]])
 def test_usage_errors_exit_2(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

@@ -101,6 +101,9 @@ def test_export_a_checkpoint(tmp_path, capsys):
     exported = TimeViper.from_pretrained(tmp_path / "bf16").state_dict()
     assert trained.keys() <= exported.keys() and all(
         torch.equal(t.to(torch.bfloat16).float(), exported[k]) for k, t in trained.items())
+    assert TimeViper.from_pretrained(tmp_path / "bf16").config.llm.logn_attention_length is None  # as trained
+    assert main(["export", str(out), "--out", str(tmp_path / "logn"), "--logn-length", "1024"]) == 0
+    assert TimeViper.from_pretrained(tmp_path / "logn").config.llm.logn_attention_length == 1024
 
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "none")]) == 1
     assert "neither a complete training checkpoint nor a run directory" in capsys.readouterr().err

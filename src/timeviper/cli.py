@@ -32,13 +32,20 @@ def load_model(args):
     return model
 
 
+def length(text: str) -> int:
+    if not text.isdecimal() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 2, got {text!r}")
+    return int(text)
+
+
 def logn_length(text: str) -> int | None | str:
     """--logn-length: 'default' (the model's own), 'none' (off) or a length of at least 2 tokens."""
     if text in ("default", "none"):
         return None if text == "none" else text
-    if not text.isdecimal() or int(text) < 2:
-        raise argparse.ArgumentTypeError(f"expected default, none or a whole number >= 2, got {text!r}")
-    return int(text)
+    try:
+        return length(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected default, none or a whole number >= 2, got {text!r}") from None
 
 
 def logn_arg(p: argparse.ArgumentParser) -> None:
@@ -156,7 +163,7 @@ def cmd_export(args) -> None:
 
     from timeviper.train.build import export_checkpoint
 
-    used = export_checkpoint(args.checkpoint, args.out, getattr(torch, args.dtype))
+    used = export_checkpoint(args.checkpoint, args.out, getattr(torch, args.dtype), args.logn_length)
     print(f"wrote the model of {used} to {args.out}")
 
 
@@ -241,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint-STEP directory, or a run directory (its newest checkpoint)")
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the weights")
+    p.add_argument("--logn-length", type=length, default=None, metavar="N",
+                   help="set the exported model's logn attention length (default: as trained)")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("eval", help="evaluate on a benchmark")

@@ -53,9 +53,11 @@ def build_model(config: Config, dtype: torch.dtype = torch.float32, device=None)
     return model
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtype = torch.float32,
+                      logn_length: int | None = None) -> Path:
     """Write the model of a training checkpoint (or of the newest one in a run directory) to `out` as a
-    TimeViper directory, weights as `dtype`; returns the checkpoint used.
+    TimeViper directory, weights as `dtype`, with `logn_length` (when given) as its logn attention length;
+    returns the checkpoint used.
 
     The model is built afresh from the checkpoint's config.yaml (frozen parts from their pretrained
     directories) and receives the checkpoint's trained weights, in one process on the CPU.
@@ -69,5 +71,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtyp
     random_init = config.model.tiny is not None  # no pretrained source: every weight must be in the checkpoint
     model.requires_grad_(random_init)
     load_model_weights(model, found, DistEnv(0, 0, 1, torch.device("cpu")), require_all=random_init)
+    if logn_length is not None:
+        model.set_logn_attention(logn_length)
     model.save_pretrained(out)
     return found
