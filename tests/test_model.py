@@ -138,6 +138,18 @@ def test_from_parts(tmp_path, tokenizer):
     assert isinstance(model.chat(frames(3), "Hi", max_new_tokens=2), str)
 
 
+def test_logn_attention_reaches_every_attention(tokenizer):
+    m = TimeViper(TimeViperConfig(LLM.replace(), VISION, tokens_per_frame=4, transv="uni_2_0.5",
+                                  chat_template="timeviper"), tokenizer)
+    m.set_logn_attention(64)
+    m.set_transv("uni_2_0.5-attn_3_0.5")  # a module made after the setting takes it too
+    assert [b.mixer.logn_length for b in m.llm.layers if b.kind == "attention"] == [64, 64]
+    assert [t.logn_length for t in m.transv.values()] == [64, 64]
+    assert m.config.to_dict()["llm"]["logn_attention_length"] == 64
+    m.set_logn_attention(None)
+    assert {t.logn_length for t in m.transv.values()} == {None} and "logn_attention_length" not in m.config.to_dict()["llm"]
+
+
 def test_bad_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="has no config.json"):
         TimeViper.from_pretrained(tmp_path)

@@ -32,9 +32,9 @@ def load_model(args):
     return model
 
 
-def length(text: str) -> int:
+def token_length(text: str) -> int:
     if not text.isdecimal() or int(text) < 2:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 2, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a whole number of tokens >= 2, got {text!r}")
     return int(text)
 
 
@@ -42,10 +42,7 @@ def logn_length(text: str) -> int | None | str:
     """--logn-length: 'default' (the model's own), 'none' (off) or a length of at least 2 tokens."""
     if text in ("default", "none"):
         return None if text == "none" else text
-    try:
-        return length(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected default, none or a whole number >= 2, got {text!r}") from None
+    return token_length(text)
 
 
 def logn_arg(p: argparse.ArgumentParser) -> None:
@@ -248,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint-STEP directory, or a run directory (its newest checkpoint)")
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the weights")
-    p.add_argument("--logn-length", type=length, default=None, metavar="N",
+    p.add_argument("--logn-length", type=token_length, default=None, metavar="N",
                    help="set the exported model's logn attention length (default: as trained)")
     p.set_defaults(run=cmd_export)
 
