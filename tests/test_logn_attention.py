@@ -89,7 +89,11 @@ def test_bad_lengths_are_refused(bad):
 def test_the_length_survives_save_and_load(tmp_path):
     llm = HybridLM(CFG.replace(logn_attention_length=4352))
     llm.save_pretrained(tmp_path / "a")
-    assert HybridLM.from_pretrained(tmp_path / "a").config.logn_attention_length == 4352
+    loaded = HybridLM.from_pretrained(tmp_path / "a")
+    assert loaded.config.logn_attention_length == 4352 and "logn_attention_length" not in loaded.config.extra
+    loaded.set_logn_attention(None)  # turned off after loading, it stays off once saved
+    loaded.save_pretrained(tmp_path / "c")
+    assert HybridLM.from_pretrained(tmp_path / "c").config.logn_attention_length is None
     HybridLM(CFG).save_pretrained(tmp_path / "b")
     assert "logn_attention_length" not in (tmp_path / "b" / "config.json").read_text()  # written only when set
     config = tmp_path / "a" / "config.json"

@@ -45,7 +45,7 @@ _LOGN = "logn_attention_length"
 _DERIVED = {"model_type", "architectures", "hybrid_override_pattern", "layers_block_type", "layer_types",
             "num_hidden_layers", "rope_theta", "rope_parameters", "rope_scaling", "hidden_act", "mlp_hidden_act",
             "mamba_hidden_act", "use_sliding_window", "sliding_window", "max_window_layers", "torch_dtype", "dtype",
-            "transformers_version"}
+            "transformers_version", _LOGN}
 
 
 def _json_value(value):
@@ -103,7 +103,7 @@ def config_from_hf(raw: dict) -> LMConfig:
             raise CheckpointError(f"unknown model_type {model_type!r}: expected nemotron_h, qwen2 or qwen3")
         if raw.get(_LOGN) is not None:  # ours: transformers' classes ignore it
             values["logn_attention_length"] = raw[_LOGN]
-        extra = {k: v for k, v in raw.items() if k not in used and k not in _DERIVED and k != _LOGN}
+        extra = {k: v for k, v in raw.items() if k not in used and k not in _DERIVED}
         return LMConfig(model_type=model_type, extra=extra, **values)
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{model_type} config.json is incomplete or invalid: {e}") from None
