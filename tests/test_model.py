@@ -92,7 +92,8 @@ def packed_batch(tokenizer, answers) -> dict:
         vids.append(frames(n, seed=n))
     return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
             "position_ids": torch.zeros(1, len(ids), dtype=torch.long), "cu_seqlens": torch.tensor(bounds),
-            "vision_spans": torch.tensor(spans), "instruction_ends": torch.tensor(ends), "frames": vids}
+            "vision_spans": torch.tensor(spans), "instruction_ends": torch.tensor(ends), "frames": vids,
+            "frame_times": [torch.arange(len(v), dtype=torch.float64) for v in vids]}
 
 
 def test_forward_train_packs_two_samples(model, tokenizer):

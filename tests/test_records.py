@@ -166,6 +166,9 @@ def test_long_videos_are_spread_over_max_frames_and_clips_cut(tmp_path):
     assert seconds(whole) == [0, 14, 28, 42, 57, 71, 85, 99]
     assert seconds(short_clip) == [30, 31, 33, 34, 36, 37, 39, 40]  # 11 frames in [30, 40.5]
     assert seconds(long_clip) == [10, 21, 33, 44, 56, 67, 79, 90]
+    # frame times count from the start of the clip: its first frame is at 0 s
+    assert whole.frame_times.tolist() == seconds(whole)
+    assert short_clip.frame_times.tolist() == [s - 30 for s in seconds(short_clip)]
     assert isinstance(outside, Skipped) and outside.reason == "media_decode"
     assert whole.id == "d.jsonl#0"
 

@@ -82,8 +82,10 @@ def test_frames_are_those_load_video_decodes(tmp_path):
     spec = make_video(7, 50, size=32)
     path = write_mp4(spec, tmp_path / "v.mp4")
     for sampling in ("uniform", "first"):
-        times = load_video(path, max_frames=12, sampling=sampling).timestamps.round().long()
+        decoded = load_video(path, max_frames=12, sampling=sampling).timestamps
+        times = decoded.round().long()
         assert np.array_equal(sample_frames(spec, 12, sampling), render_frames(spec)[times.numpy()])
+        np.testing.assert_allclose(sample_frames(spec, 12, sampling, with_times=True)[1], decoded.numpy())
     assert sample_frames(spec).shape == (50, 32, 32, 3)  # no cap: every second
     assert np.array_equal(sample_frames(spec, fps=0.5), render_frames(spec)[::2])
 
@@ -91,6 +93,7 @@ def test_frames_are_those_load_video_decodes(tmp_path):
 def test_long_videos_are_subsampled_and_too_long_ones_skipped(tokenizer):
     s = dataset(tokenizer, "caption", frames=(30, 30), max_frames=10)[0]
     assert s.frames.shape == (10, 32, 32, 3)
+    assert s.frame_times[0] == 0 and s.frame_times[-1] == 29  # spread over the video's 30 s
     skipped = dataset(tokenizer, "caption", frames=(30, 30), max_frames=10, max_tokens=40)[0]
     assert isinstance(skipped, Skipped) and skipped.reason == "too_long" and "synth_caption#0" in skipped.detail
 

@@ -62,11 +62,13 @@ def test_every_cell_is_written_with_paired_seeds(model_dir, tmp_path, calls, cap
 def test_frames_are_those_load_video_decodes_from_the_items_mp4(model_dir, tmp_path, calls):
     assert sweep(model_dir, tmp_path / "sweep.json", "--tasks", "tvg", "--frames", "12", "--items", "1",
                  "--transv", "none", "--max-frames", "5") == 0
-    ((_, item, frames),) = calls
+    ((_, item, video),) = calls
     spec, same = make_item("tvg", FIRST_TEST_SEED, 12, 32)
-    times = load_video(write_mp4(spec, tmp_path / "v.mp4"), max_frames=5).timestamps.round().long()
+    decoded = load_video(write_mp4(spec, tmp_path / "v.mp4"), max_frames=5)
+    frames, times = video.frames, decoded.timestamps.round().long()
     assert same == item and frames.dtype == torch.uint8 and frames.shape == (5, 32, 32, 3)
     assert torch.equal(frames, torch.from_numpy(render_frames(spec)[times.numpy()]))
+    torch.testing.assert_close(video.timestamps, decoded.timestamps)  # spread over 12 s, not 0-4
 
 
 def test_needle_cells_ask_about_needles_only(model_dir, tmp_path, calls):

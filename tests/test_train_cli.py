@@ -117,6 +117,22 @@ def test_export_a_checkpoint(tmp_path, capsys):
     assert "lacks trainable parameters: vision." in capsys.readouterr().err
 
 
+def test_a_pretrained_model_learns_frame_times(tmp_path):
+    """model.time_period on a model without a time embedding: it starts at zero, trains, and is exported."""
+    config = tiny_config(tmp_path / "tiny.yaml")
+    assert main(["train", "--config", str(config), "--output", str(tmp_path / "run"), "--max-steps", "1",
+                 "--export", str(tmp_path / "plain")]) == 0
+    tree = yaml.safe_load(config.read_text())
+    tree["model"] = {"pretrained": str(tmp_path / "plain"), "time_period": 16}
+    tree["train"]["trainable"] = ["projector", "llm", "transv"]
+    assert main(["train", "--config", str(write(tmp_path / "timed.yaml", tree)), "--output", str(tmp_path / "timed"),
+                 "--max-steps", "2", "--export", str(tmp_path / "model")]) == 0
+    model = TimeViper.from_pretrained(tmp_path / "model")
+    assert model.config.time_period == 16 and model.projector.time.proj.weight.abs().sum() > 0
+    tree["model"]["time_period"] = 1
+    assert main(["train", "--config", str(write(tmp_path / "bad.yaml", tree)), "--output", str(tmp_path / "bad")]) == 1
+
+
 def write(path: Path, tree: dict) -> Path:
     path.write_text(yaml.safe_dump(tree))
     return path

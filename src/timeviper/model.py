@@ -27,7 +27,7 @@ from timeviper.llm.model import matmul_params
 from timeviper.prompts import SYSTEM_PROMPT, TextTokenizer, encode_prompt
 from timeviper.transv import Span, TransV, parse_transv, run_packed
 from timeviper.vision.preprocess import preprocess_frames
-from timeviper.vision.projector import Projector
+from timeviper.vision.projector import Projector, TimeEmbedding, check_time_period
 
 EMBEDDED = Path(__file__).parent / "assets" / "embedded"
 VISION_CHUNK_ELEMENTS = 64 * 729 * 1152  # patch features through the vision encoder at once (64 so400m frames)
@@ -42,23 +42,26 @@ class TimeViperConfig:
     chat_template: str = "chatml"
     system_prompt: str = SYSTEM_PROMPT
     feature_layer: int = -1
+    time_period: float | None = None  # frame-time embedding's longest period in seconds (None: off, as the paper)
     extra: dict = field(default_factory=dict)  # free-form (e.g. the training recipe), kept on save
 
     def __post_init__(self):
         parse_transv(self.transv, self.llm)  # fail early, naming the bad part
+        check_time_period(self.time_period)
 
     def to_dict(self) -> dict:
         return {"model_type": "timeviper", "llm": config_to_hf(self.llm, torch.float32), "vision": self.vision,
                 "tokens_per_frame": self.tokens_per_frame, "transv": self.transv,
                 "chat_template": self.chat_template, "system_prompt": self.system_prompt,
-                "feature_layer": self.feature_layer, "extra": self.extra}
+                "feature_layer": self.feature_layer, **({} if self.time_period is None else {"time_period": self.time_period}),
+                "extra": self.extra}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "TimeViperConfig":
         if raw.get("model_type") != "timeviper":
             raise CheckpointError(f"config.json has model_type {raw.get('model_type')!r}, expected 'timeviper' "
                                   "(to start from a SigLIP and an LLM directory, use TimeViper.from_parts)")
-        keys = ("tokens_per_frame", "transv", "chat_template", "system_prompt", "feature_layer", "extra")
+        keys = ("tokens_per_frame", "transv", "chat_template", "system_prompt", "feature_layer", "time_period", "extra")
         try:
             return cls(llm=config_from_hf(raw["llm"]), vision=raw["vision"], **{k: raw[k] for k in keys if k in raw})
         except (KeyError, TypeError) as e:
@@ -74,7 +77,8 @@ class TimeViper(nn.Module):
 
         self.config, self.tokenizer = config, tokenizer
         self.vision = VisionEncoder(SiglipVisionConfig(**config.vision), config.feature_layer)
-        self.projector = Projector(self.vision.config.hidden_size, config.llm.hidden_size, config.tokens_per_frame)
+        self.projector = Projector(self.vision.config.hidden_size, config.llm.hidden_size, config.tokens_per_frame,
+                                   config.time_period)
         self.llm = HybridLM(config.llm)
         self.transv = nn.ModuleDict({str(s.layer): TransV(config.llm, s) for s in parse_transv(config.transv)})
 
@@ -111,15 +115,35 @@ class TimeViper(nn.Module):
         for module in self.transv.values():
             module.logn_length = length
 
+    def set_time_period(self, period: float | None) -> None:
+        """Give the projector a frame-time embedding of longest period `period` seconds (None: take it away).
+        A new one starts at zero, so the model reads as before until trained; one of that period is kept."""
+        check_time_period(period)
+        if period is None:
+            self.projector.time = None
+        elif self.projector.time is None or self.projector.time.period != period:
+            weight = self.projector.mlp[0].weight
+            self.projector.time = TimeEmbedding(period, self.config.llm.hidden_size).to(weight.device, weight.dtype)
+        self.config.time_period = period
+
     # --- vision ----------------------------------------------------------------------------------------
-    def embed_frames(self, videos: Tensor | Sequence[Tensor]) -> Tensor:
-        """uint8 frames [F, H, W, 3], or several videos of such frames (of any sizes) -> vision tokens
-        [(sum of F) * tokens_per_frame, C], in order.
+    def embed_frames(self, videos: Tensor | Sequence[Tensor], times: Tensor | Sequence[Tensor] | None = None) -> Tensor:
+        """uint8 frames [F, H, W, 3], or several videos of such frames (of any sizes), with the times they were
+        shown (seconds [F] each; needed when the model embeds time) -> vision tokens [(sum of F) * tokens_per_frame,
+        C], in order.
 
         The encoder and projector take frames of VISION_CHUNK_ELEMENTS patch features at a time (64 so400m
         frames, thousands of small ones), cut across videos, so that many short videos cost few large steps.
         """
-        videos = [videos] if isinstance(videos, Tensor) else videos
+        videos = [videos] if isinstance(videos, Tensor) else list(videos)
+        if times is not None:
+            times = [times] if isinstance(times, Tensor) else list(times)
+            if [len(t) for t in times] != [len(v) for v in videos]:
+                raise ConfigError(f"frame times of lengths {[len(t) for t in times]} for videos of "
+                                  f"{[len(v) for v in videos]} frames")
+            times = torch.cat(times).to(self.device)  # [sum of F], cut below as the frames are
+        elif self.projector.time is not None:
+            raise ConfigError("this model embeds frame times (time_period is set): pass the frames' times")
         per_frame = self.vision.num_patches * self.vision.config.hidden_size
         step = max(1, VISION_CHUNK_ELEMENTS // per_frame)  # frames per chunk
         starts = [0, *itertools.accumulate(len(v) for v in videos)]
@@ -131,14 +155,21 @@ class TimeViper(nn.Module):
                 preprocess_frames(torch.cat(list(run)), size=self.vision.config.image_size, dtype=self.dtype,
                                   device=self.device)
                 for _, run in itertools.groupby(parts, key=lambda part: part.shape[1:])])
-            tokens.append(self.projector(self.vision.encode(pixels, step)).flatten(0, 1))
+            chunk_times = None if times is None else times[a:a + step]
+            tokens.append(self.projector(self.vision.encode(pixels, step), chunk_times).flatten(0, 1))
         return torch.cat(tokens)
 
-    def _vision_stream(self, chunks: Iterable[Tensor], on_frames: Callable[[int], None] | None) -> Iterator[Tensor]:
-        for frames in chunks:
-            yield self.embed_frames(frames)[None]
+    def _vision_stream(self, chunks: Iterable, on_frames: Callable[[int], None] | None) -> Iterator[Tensor]:
+        """Vision tokens [1, n, C] of each chunk: a timeviper.video.Video (frames and their timestamps) or a
+        uint8 frames tensor, whose frames are taken as shown once a second, counting from the first chunk's."""
+        seen = 0
+        for chunk in chunks:
+            frames = getattr(chunk, "frames", chunk)
+            times = getattr(chunk, "timestamps", None)
+            yield self.embed_frames(frames, seen + torch.arange(len(frames)) if times is None else times)[None]
+            seen += len(frames)
             if on_frames is not None:
-                on_frames(frames.shape[0])
+                on_frames(len(frames))
 
     # --- training ----------------------------------------------------------------------------------------
     def forward_train(self, batch: dict, average: str = "token") -> tuple[Tensor, Tensor]:
@@ -150,11 +181,12 @@ class TimeViper(nn.Module):
         """
         ids = batch["input_ids"].to(self.device)
         h = self.llm.embed_tokens(ids)  # [1, T, C]
-        videos = [(start, end, frames) for (start, end), frames in zip(batch["vision_spans"].tolist(), batch["frames"])
+        videos = [(start, end, frames, times) for (start, end), frames, times
+                  in zip(batch["vision_spans"].tolist(), batch["frames"], batch["frame_times"])
                   if frames is not None and end > start]
         if videos:  # every sample's frames through the encoder together
-            rows = torch.cat([torch.arange(start, end) for start, end, _ in videos]).to(self.device)
-            vision = self.embed_frames([frames for *_, frames in videos])
+            rows = torch.cat([torch.arange(start, end) for start, end, *_ in videos]).to(self.device)
+            vision = self.embed_frames([v[2] for v in videos], [v[3] for v in videos])
             h = h.index_put((torch.zeros_like(rows), rows), vision.to(h.dtype))
         positions = batch["position_ids"].to(self.device) if self.config.llm.needs_positions else None
         out, index = run_packed(self.llm, self.transv_layers, h, positions, spans_of(batch))
@@ -230,8 +262,9 @@ class TimeViper(nn.Module):
         return self.tokenizer
 
     @torch.inference_mode()
-    def prefill(self, frame_chunks: Iterable[Tensor], instruction: str, progress=None):
-        """Prefill one request: returns (cache, logits of the next token [1, V])."""
+    def prefill(self, frame_chunks: Iterable, instruction: str, progress=None):
+        """Prefill one request, its frames in chunks (see _vision_stream): returns (cache, logits of the next
+        token [1, V])."""
         tok = self._require_tokenizer()
         enc = encode_prompt(tok, instruction, self.config.system_prompt)
         ids = torch.tensor(enc.ids, device=self.device)[None]
@@ -242,7 +275,7 @@ class TimeViper(nn.Module):
         return cache, logits
 
     @torch.inference_mode()
-    def generate(self, requests: list[tuple[Iterable[Tensor], str]], max_new_tokens: int = 256,
+    def generate(self, requests: list[tuple[Iterable, str]], max_new_tokens: int = 256,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                  stop: list[str] | tuple[str, ...] = (), progress=None) -> list[str]:
         """Answer a batch of (frame chunks, instruction) requests; videos may differ in length.
@@ -267,7 +300,8 @@ class TimeViper(nn.Module):
 
     def chat(self, video, prompt: str, fps: float = 1.0, max_frames: int | None = None, sampling: str = "uniform",
              chunk_frames: int = 256, progress=None, **generation) -> str:
-        """Answer `prompt` about `video`: a path (decoded at `fps`, streamed) or uint8 frames [T, H, W, 3]."""
+        """Answer `prompt` about `video`: a path (decoded at `fps`, streamed), a decoded timeviper.video.Video, or
+        uint8 frames [T, H, W, 3] (taken as sampled at `fps`)."""
         return self.generate([(frame_chunks(video, fps, max_frames, sampling, chunk_frames), prompt)],
                              progress=progress, **generation)[0]
 
@@ -311,19 +345,20 @@ class TimeViper(nn.Module):
     @classmethod
     def from_parts(cls, vision_dir: str | Path, llm_dir: str | Path, transv: str = "uni_7_0.5-attn_39_0.9",
                    tokens_per_frame: int = 16, chat_template: str = "chatml", dtype: torch.dtype | None = None,
-                   device=None, feature_layer: int = -1) -> "TimeViper":
-        """A fresh TimeViper (new projector and TransV) from a SigLIP directory and an LLM directory."""
+                   device=None, feature_layer: int = -1, time_period: float | None = None) -> "TimeViper":
+        """A fresh TimeViper (new projector and TransV) from a SigLIP directory and an LLM directory;
+        `time_period`: give the projector a frame-time embedding (off in the paper's model)."""
         from timeviper.vision.siglip import VisionEncoder
 
         vision = VisionEncoder.from_pretrained(vision_dir, dtype=dtype, device=device, feature_layer=feature_layer)
         llm = HybridLM.from_pretrained(llm_dir, dtype=dtype, device=device)
         tokenizer = TextTokenizer.from_dir(llm_dir, chat_template)
         config = TimeViperConfig(llm.config, vision.config.to_dict(), tokens_per_frame, transv, chat_template,
-                                 feature_layer=feature_layer)
+                                 feature_layer=feature_layer, time_period=time_period)
         with torch.device("meta"):
             model = cls(config, tokenizer)
         model.vision, model.llm = vision, llm
-        model.projector = Projector(vision.config.hidden_size, llm.config.hidden_size, tokens_per_frame)
+        model.projector = Projector(vision.config.hidden_size, llm.config.hidden_size, tokens_per_frame, time_period)
         model.transv = nn.ModuleDict({str(s.layer): TransV(llm.config, s) for s in parse_transv(transv)})
         return model.to(device=llm.embed_tokens.weight.device, dtype=llm.embed_tokens.weight.dtype)
 
@@ -348,12 +383,18 @@ def spans_of(batch: dict) -> list[Span]:
 
 
 def frame_chunks(video, fps: float = 1.0, max_frames: int | None = None, sampling: str = "uniform",
-                 chunk_frames: int = 256) -> Iterator[Tensor]:
-    """uint8 frame chunks [n, H, W, 3] of a video path (decoded lazily) or of a frames tensor."""
-    if isinstance(video, Tensor):
-        if video.dtype != torch.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-            raise ConfigError(f"frames must be a uint8 tensor [T, H, W, 3], got {video.dtype} {tuple(video.shape)}")
-        return iter(video.split(chunk_frames))
-    from timeviper.video import iter_video
+                 chunk_frames: int = 256) -> Iterator:
+    """timeviper.video.Video chunks (uint8 frames [n, H, W, 3] and their timestamps) of a video path, decoded
+    lazily; of a decoded Video; or of a frames tensor, whose frames are taken as sampled at `fps` from 0 s."""
+    from timeviper.video import Video, iter_video
 
-    return (chunk.frames for chunk in iter_video(video, fps, chunk_frames, max_frames, sampling))
+    if isinstance(video, Tensor):
+        video = Video(video, torch.arange(len(video), dtype=torch.float64) / fps, len(video) / fps, "")
+    if not isinstance(video, Video):
+        return iter_video(video, fps, chunk_frames, max_frames, sampling)
+    frames, times = video.frames, torch.as_tensor(video.timestamps)
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ConfigError(f"frames must be a uint8 tensor [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    if times.shape != frames.shape[:1]:
+        raise ConfigError(f"a video of {len(frames)} frames needs as many timestamps, got {tuple(times.shape)}")
+    return (Video(f, t, video.duration, video.path) for f, t in zip(frames.split(chunk_frames), times.split(chunk_frames)))

@@ -21,6 +21,9 @@ key                   type, shape          meaning
                                            from the end of its vision tokens
 ``frames``            list of N            per sample, uint8 ``[F, H, W, 3]`` or None;
                                            ``F * tokens_per_frame == end - start``
+``frame_times``       list of N            per sample, float ``[F]`` seconds into its video, or
+                                           None without frames (0, 1, 2, ... when the sample
+                                           gave none)
 ``sample_ids``        list of N str        record ids, for error messages
 ====================  ===================  =====================================================
 
@@ -76,6 +79,8 @@ def collate(samples: Sequence[Sample], pad_to_multiple_of: int = 1) -> dict:
         "vision_spans": torch.tensor(spans, dtype=torch.long).view(-1, 2),
         "instruction_ends": torch.tensor(instruction_ends, dtype=torch.long),
         "frames": [s.frames for s in samples],
+        "frame_times": [None if s.frames is None else torch.arange(len(s.frames), dtype=torch.float64)
+                        if s.frame_times is None else s.frame_times for s in samples],
         "sample_ids": [s.id for s in samples],
     }
 

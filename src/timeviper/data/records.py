@@ -81,6 +81,7 @@ class Sample:
     vision_span: tuple[int, int]  # [start, end) of the vision slots; start == end without media
     instruction_end: int  # the instruction is input_ids[vision_span[1]:instruction_end]
     frames: torch.Tensor | None  # uint8 [F, H, W, 3]
+    frame_times: torch.Tensor | None = None  # float [F], seconds into the video (None: 0, 1, 2, ...)
 
     def __len__(self) -> int:
         return self.input_ids.numel()
@@ -203,7 +204,8 @@ def encode_turns(tokenize: Tokenize, conversations: list[dict], where: str) -> T
 
 
 def make_sample(
-    sample_id: str, text: Tokenized, frames: torch.Tensor | None, tokens_per_frame: int, max_tokens: int, where: str
+    sample_id: str, text: Tokenized, frames: torch.Tensor | None, tokens_per_frame: int, max_tokens: int, where: str,
+    frame_times: torch.Tensor | None = None,
 ) -> Sample | Skipped:
     """Splice ``tokens_per_frame`` vision slots per frame into ``text``; ``too_long`` past ``max_tokens``."""
     n = 0 if frames is None else frames.shape[0] * tokens_per_frame
@@ -217,6 +219,7 @@ def make_sample(
         vision_span=(at, at + n),
         instruction_end=text.instruction_end + n,
         frames=frames,
+        frame_times=frame_times,
     )
 
 
@@ -267,22 +270,24 @@ class ConversationDataset:
         text = encode_turns(self.tokenize, record.conversations, where)
         if isinstance(text, Skipped):
             return text
-        frames = None
+        frames = times = None
         if record.media is not None:
             if not record.media.is_file():
                 return Skipped("media_missing", f"{where}: {record.media} not found")
             try:
-                frames = self._frames(record)
+                frames, times = self._frames(record)
             except VideoDecodeError as e:
                 return Skipped("media_decode", f"{where}: {e}")
-        return make_sample(record.id, text, frames, self.tokens_per_frame, self.max_tokens, where)
+        return make_sample(record.id, text, frames, self.tokens_per_frame, self.max_tokens, where, times)
 
-    def _frames(self, record: Record) -> torch.Tensor:
+    def _frames(self, record: Record) -> tuple[torch.Tensor, torch.Tensor]:
+        """The record's frames and their times (seconds from the start of its clip, or of its video)."""
         load = self._load_video
         if load is None:
             from timeviper.video import load_video as load
         if record.clip is None:
-            return load(record.media, fps=self.fps, max_frames=self.max_frames, sampling="uniform").frames
+            video = load(record.media, fps=self.fps, max_frames=self.max_frames, sampling="uniform")
+            return video.frames, torch.as_tensor(video.timestamps)
         # load_video has no time window: decode at fps, keep the clip, spread max_frames over it.
         video = load(record.media, fps=self.fps, max_frames=None, sampling="uniform")
         start, end = record.clip
@@ -292,7 +297,7 @@ class ConversationDataset:
             raise VideoDecodeError(f"{record.media}: no frame between {start}s and {end}s")
         if keep.numel() > self.max_frames:
             keep = keep[torch.linspace(0, keep.numel() - 1, self.max_frames).round().long()]
-        return video.frames[keep]
+        return video.frames[keep], times[keep] - start
 
 
 class SkipStats:

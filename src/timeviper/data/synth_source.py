@@ -72,10 +72,12 @@ def conversation(*items: dict, mcq_answer: str = "letter") -> list[dict]:
 
 
 def sample_frames(spec: VideoSpec, max_frames: int | None = None, sampling: str = "uniform", fps: float = 1.0,
-                  size: int | None = None) -> np.ndarray:
-    """uint8 [T, size, size, 3]: the frames load_video(mp4 of spec, fps, max_frames, sampling) returns."""
+                  size: int | None = None, with_times: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """uint8 [T, size, size, 3]: the frames load_video(mp4 of spec, fps, max_frames, sampling) returns
+    (with_times: and their timestamps, seconds [T])."""
     times = sample_times(spec.duration, fps, max_frames, sampling)
-    return np.concatenate([render_frames(spec, t, t + 1, size) for t in (times * FPS + 1e-6).astype(int).tolist()])
+    frames = np.concatenate([render_frames(spec, t, t + 1, size) for t in (times * FPS + 1e-6).astype(int).tolist()])
+    return (frames, times) if with_times else frames
 
 
 class SynthDataset:
@@ -130,5 +132,6 @@ class SynthDataset:
         text = encode_turns(self.tokenize, conversation(*items, mcq_answer=self.spec.mcq_answer), where)
         if isinstance(text, Skipped):
             return text
-        frames = torch.from_numpy(sample_frames(video, self.max_frames, "uniform", self.fps))
-        return make_sample(items[0]["id"], text, frames, self.tokens_per_frame, self.max_tokens, where)
+        frames, times = sample_frames(video, self.max_frames, "uniform", self.fps, with_times=True)
+        return make_sample(items[0]["id"], text, torch.from_numpy(frames), self.tokens_per_frame, self.max_tokens,
+                           where, torch.from_numpy(times))

@@ -45,7 +45,8 @@ def parse_answer(task: str, text: str) -> dict:
 
 
 def predict(model, video, item: dict, max_frames: int | None = None, sampling: str = "uniform") -> dict:
-    """Ask `model` the item's question about `video` (a path or uint8 frames): its prediction record."""
+    """Ask `model` the item's question about `video` (a path, a decoded timeviper.video.Video or uint8 frames
+    shown once a second): its prediction record."""
     from timeviper.model import frame_chunks
 
     frames = 0

@@ -38,6 +38,7 @@ from timeviper.data.synth_source import sample_frames
 from timeviper.errors import ConfigError, TimeViperError
 from timeviper.eval import runner
 from timeviper.eval.metrics import score
+from timeviper.video import Video
 from timeviper.synth import make_item, make_video, split_range
 from timeviper.synth.world import MIN_SIZE, NEEDLE_MIN_FRAMES, check_int
 from timeviper.transv import parse_transv
@@ -91,7 +92,8 @@ def run_cell(model, task: str, frames: int, args, bar) -> dict:
     items = sweep_items(task, frames, args.items, args.seed_offset, args.size)
     records = []
     for spec, item in items:
-        video = torch.from_numpy(sample_frames(spec, args.max_frames, "uniform"))
+        pixels, times = sample_frames(spec, args.max_frames, "uniform", with_times=True)
+        video = Video(torch.from_numpy(pixels), torch.from_numpy(times), spec.duration, "")
         records.append(runner.predict(model, video, item))
         bar.update()
     seconds = sum(r["seconds"] for r in records)

@@ -17,7 +17,7 @@ from timeviper.train.config import Config, load_config
 from timeviper.train.distributed import DistEnv
 
 
-def tiny_model(spec: dict, transv: str | None) -> TimeViper:
+def tiny_model(spec: dict, transv: str | None, time_period: float | None = None) -> TimeViper:
     """A random TimeViper from {llm: LMConfig fields, vision: SiglipVisionConfig fields, tokens_per_frame},
     with the synthetic world's tokenizer."""
     from timeviper.synth.tokenizer import train_tokenizer
@@ -33,7 +33,7 @@ def tiny_model(spec: dict, transv: str | None) -> TimeViper:
     tokenizer = TextTokenizer(train_tokenizer(vocab_size=spec.get("vocab_size", 1024)), "timeviper")
     llm = LMConfig(**{"vocab_size": tokenizer.vocab_size, **spec["llm"]})
     config = TimeViperConfig(llm, spec["vision"], spec.get("tokens_per_frame", 16), transv or "none",
-                             chat_template="timeviper")
+                             chat_template="timeviper", time_period=time_period)
     return TimeViper(config, tokenizer)
 
 
@@ -42,13 +42,16 @@ def build_model(config: Config, dtype: torch.dtype = torch.float32, device=None)
     updates; bf16 compute comes from autocast or FSDP2's mixed precision) on `device` (default: CPU)."""
     m = config.model
     if m.llm is not None:
-        model = TimeViper.from_parts(m.vision, m.llm, transv=m.transv or "none", dtype=dtype, device=device)
+        model = TimeViper.from_parts(m.vision, m.llm, transv=m.transv or "none", dtype=dtype, device=device,
+                                     time_period=m.time_period)
     elif m.pretrained is not None:
         model = TimeViper.from_pretrained(None if m.pretrained == "embedded" else m.pretrained, dtype, device)
         if m.transv is not None:
             model.set_transv(m.transv)
+        if m.time_period is not None:  # a new embedding starts at zero; one of that period is kept
+            model.set_time_period(m.time_period)
     else:
-        model = tiny_model(m.tiny, m.transv).to(device=device, dtype=dtype)
+        model = tiny_model(m.tiny, m.transv, m.time_period).to(device=device, dtype=dtype)
     model.vision.trainable = "vision" in config.train.trainable
     return model
 

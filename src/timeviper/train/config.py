@@ -21,6 +21,7 @@ import yaml
 from timeviper.errors import ConfigError
 from timeviper.synth.tasks import MCQ_KINDS, TASKS
 from timeviper.synth.world import MIN_SIZE, split_range
+from timeviper.vision.projector import check_time_period
 
 PARTS = ("projector", "llm", "transv", "vision")  # vision: only small encoders trained from scratch
 STAGE_TRAINABLE = {1: ["projector"], 2: ["projector", "llm", "transv"]}
@@ -46,6 +47,7 @@ class ModelConfig:
     tiny: dict | None = None  # the config of a small random model, for smoke runs
     init_checkpoint: str | None = None  # a checkpoint-STEP directory whose weights are loaded first
     transv: str | None = None  # TransV spec such as "uni_7_0.5-attn_39_0.9"; null: no compression
+    time_period: float | None = None  # projector's frame-time embedding, longest period in s; null: none (paper)
 
     def __post_init__(self):
         sources = [name for name in ("llm", "pretrained", "tiny") if getattr(self, name) is not None]
@@ -61,6 +63,7 @@ class ModelConfig:
         if self.pretrained != "embedded":
             _require_path(self.pretrained, "pretrained", "directory")
         _require_path(self.init_checkpoint, "init_checkpoint", "checkpoint")
+        check_time_period(self.time_period)
 
 
 @dataclass
