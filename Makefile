@@ -23,9 +23,10 @@ demo: install
 
 # Retrain the embedded model from scratch on one GPU (needs the gpu extra: pip install -e ".[gpu]"), in the phases
 # of the shipped model (its model card): vision pretraining; motion questions alone, which a fresh LM needs to
-# start on; the VLM stage of configs/embedded.yaml; then 1,120 steps of configs/embedded-grounding.yaml's
-# grounding-heavy mix, cosine 3e-4 -> 2e-5; a bf16 model directory in runs/embedded-model, with logn attention
-# past 1,024 tokens as shipped.
+# start on; the VLM stage of configs/embedded.yaml; 1,120 steps of configs/embedded-grounding.yaml's
+# grounding-heavy mix, cosine 3e-4 -> 2e-5; then 1,100 more of it with a frame-time embedding (period 256 s),
+# cosine 5e-4 -> 2e-5; a bf16 model directory in runs/embedded-model, with logn attention past 1,024 tokens,
+# as shipped (the frame-time phase trains with it, as the shipped model's did).
 embedded: install
 	$(PY) -m timeviper.synth.pretrain_vision --config configs/embedded.yaml --out runs/embedded-vision --workers 12
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-motion \
@@ -41,7 +42,13 @@ embedded: install
 		--set "data.datasets=$$(cat configs/embedded-grounding.yaml)" --set train.max_steps=1120 \
 		--set optim.lr=3.0e-4 --set optim.transv_lr=3.0e-4 --set optim.min_lr_ratio=0.0667 \
 		--set optim.warmup_ratio=0.008
-	$(VENV)/bin/timeviper export runs/embedded-grounding --out runs/embedded-model --dtype bfloat16 --logn-length 1024
+	$(VENV)/bin/timeviper export runs/embedded-grounding --out runs/embedded-grounding-model --logn-length 1024
+	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-time \
+		--set model.tiny=null --set model.pretrained=runs/embedded-grounding-model --set model.time_period=256 \
+		--set "data.datasets=$$(cat configs/embedded-grounding.yaml)" --set train.max_steps=1100 \
+		--set optim.lr=5.0e-4 --set optim.transv_lr=5.0e-4 --set optim.min_lr_ratio=0.04 \
+		--set optim.warmup_ratio=0.02
+	$(VENV)/bin/timeviper export runs/embedded-time --out runs/embedded-model --dtype bfloat16
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

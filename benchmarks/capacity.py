@@ -65,10 +65,12 @@ def run(model: TimeViper, frames: int, chunk: int, vision: str, new_tokens: int)
             yield torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, device=device, generator=gen)
 
     def vision_chunks():
+        shown = 0
         for f in frame_chunks():
             sync()
             t = time.perf_counter()
-            tokens = model.embed_frames(f)[None]
+            tokens = model.embed_frames(f, shown + torch.arange(len(f)))[None]  # frames shown once a second
+            shown += len(f)
             sync()
             timing["vision_s"] += time.perf_counter() - t
             yield tokens

@@ -63,9 +63,10 @@ def vision_probe(model):
     def data(seeds, n):  # [n, 2 frames, 16 tokens, C], directions [n]
         xs, ys = [], []
         for spec, _, actor in motion_items(seeds, n):
-            frames = torch.from_numpy(sample_frames(spec))[[actor.start, actor.end - 1]]
+            shown = torch.tensor([actor.start, actor.end - 1])  # seconds, at 1 fps
+            frames = torch.from_numpy(sample_frames(spec))[shown]
             with torch.no_grad():
-                xs.append(model.embed_frames(frames).view(2, model.config.tokens_per_frame, -1))
+                xs.append(model.embed_frames(frames, shown).view(2, model.config.tokens_per_frame, -1))
             ys.append(MOTIONS.index(actor.motion))
         return torch.stack(xs), torch.tensor(ys)
 
