@@ -137,6 +137,9 @@ def test_from_parts(tmp_path, tokenizer):
                                  chat_template="timeviper")
     assert model.transv["2"].alpha.item() == 0.0
     assert isinstance(model.chat(frames(3), "Hi", max_new_tokens=2), str)
+    timed = TimeViper.from_parts(tmp_path / "siglip", tmp_path / "llm", transv="none", tokens_per_frame=4,
+                                 chat_template="timeviper", time_period=64)
+    assert timed.config.time_period == 64 and timed.projector.time.proj.weight.abs().sum() == 0
 
 
 def test_logn_attention_reaches_every_attention(tokenizer):

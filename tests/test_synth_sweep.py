@@ -178,3 +178,12 @@ def test_unreadable_out_files(model_dir, tmp_path, capsys):
         assert sweep(model_dir, out, "--tasks", "mcq", "--frames", "8", "--items", "1") == 1
         err = capsys.readouterr().err
         assert err.startswith("timeviper: error: ") and err.count("\n") == 1 and message in err
+
+
+def test_validation_seeds_are_asked_and_recorded(model_dir, tmp_path, calls):
+    out, args = tmp_path / "sweep.json", ("--tasks", "mcq", "--frames", "8", "--items", "2", "--transv", "none")
+    assert sweep(model_dir, out, *args, "--split", "validation") == 0
+    results = json.loads(out.read_text())
+    assert results["settings"]["split"] == "validation"
+    assert results["cells"][0]["seeds"] == [1_000_000, 1_000_001] == [item["seed"] for _, item, _ in calls]
+    assert sweep(model_dir, out, *args) == 1  # test seeds into a file of validation ones: refused

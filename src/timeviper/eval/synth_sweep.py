@@ -1,11 +1,13 @@
-"""Quality on the synthetic world's test split across video lengths and TransV settings; no video files.
+"""Quality on the synthetic world's test (or validation) split across video lengths and TransV settings; no video
+files.
 
     python -m timeviper.eval.synth_sweep --tasks mcq,tvg,needle --frames 256,2000,10000 --items 50 \
         --transv default,none,uni_7_0.5 --out runs/sweep.json --plot runs/sweep.png [--model DIR] [--max-frames 1024] \
         [--logn-length none|N]
 
-A cell (transv, task, length) asks the model about the first --items usable test seeds from 1,100,000 +
---seed-offset (needle: mcq questions about the needle scene, so seeds whose video has none are passed
+A cell (transv, task, length) asks the model about the first --items usable seeds of --split from its start +
+--seed-offset (test, from 1,100,000, for the numbers reported; validation, from 1,000,000, for choosing settings
+before they are measured on test seeds; needle: mcq questions about the needle scene, so seeds whose video has none are passed
 over), the same seeds under every TransV setting, so settings compare paired. Frames are rendered in
 memory at 1 fps, exactly those load_video would decode from the item's MP4 (sample_frames). `default` is
 the model's TransV as loaded, `none` turns it off, anything else is a spec for TimeViper.set_transv; the
@@ -14,7 +16,7 @@ model is loaded afresh for each setting, so trained TransV weights are never los
 OUT is JSON, rewritten after each cell, so a rerun with the same OUT skips the cells it holds (its
 settings must match):
 
-    {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"]},
+    {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"][, "split"]},
      "cells": [{"transv", "spec", "task", "frames", "n", "metrics", "seconds", "seconds_per_item",
                 "frames_per_item", "seeds", "responses"}, ...]}
 
@@ -78,9 +80,9 @@ def parse_grid(args) -> tuple[list[str], list[str], list[int]]:
     return transv, tasks, lengths
 
 
-def sweep_items(task: str, frames: int, count: int, offset: int, size: int) -> list:
-    """(spec, item) of the first `count` test seeds from the split's start + offset that can ask `task`."""
-    start = split_range("test").start + offset
+def sweep_items(task: str, frames: int, count: int, offset: int, size: int, split: str = "test") -> list:
+    """(spec, item) of the first `count` seeds of `split` from its start + offset that can ask `task`."""
+    start = split_range(split).start + offset
     if task != "needle":
         return [make_item(task, seed, frames, size) for seed in range(start, start + count)]
     with_needle = (seed for seed in itertools.count(start) if make_video(seed, frames, size).needle)
@@ -89,7 +91,7 @@ def sweep_items(task: str, frames: int, count: int, offset: int, size: int) -> l
 
 def run_cell(model, task: str, frames: int, args, bar) -> dict:
     """The metrics and timings of one (task, length) under the model's current TransV."""
-    items = sweep_items(task, frames, args.items, args.seed_offset, args.size)
+    items = sweep_items(task, frames, args.items, args.seed_offset, args.size, args.split)
     records = []
     for spec, item in items:
         pixels, times = sample_frames(spec, args.max_frames, "uniform", with_times=True)
@@ -138,6 +140,8 @@ def sweep(args) -> list[dict]:
                 "seed_offset": args.seed_offset, "max_frames": args.max_frames, "size": args.size}
     if args.logn_length != "default":  # (files of the model's own setting hold no such key)
         settings["logn_length"] = args.logn_length
+    if args.split != "test":  # (nor do files of test seeds)
+        settings["split"] = args.split
     out = Path(args.out)
     results = load_results(out, settings)
     found = {cell_key(cell): cell for cell in results["cells"]}
@@ -193,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default="mcq,tvg,caption,needle", help="comma list of mcq, tvg, caption, needle")
     parser.add_argument("--frames", default="256,2000,10000", help="comma list of video lengths in seconds (1 fps)")
     parser.add_argument("--items", type=int, default=20, help="items per (task, length)")
-    parser.add_argument("--seed-offset", type=int, default=0, help="first seed: the test split's start + this")
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="seeds to ask about: test (report) or validation (choose settings on these)")
+    parser.add_argument("--seed-offset", type=int, default=0, help="first seed: the split's start + this")
     parser.add_argument("--transv", default="default,none",
                         help="comma list of TransV specs; default: the model's own, none: off")
     logn_arg(parser)
