@@ -29,6 +29,10 @@ def test_collate_layout_boundaries_and_padding():
     assert batch["instruction_ends"].tolist() == [4, 6, 11]
     assert batch["frames"][1] is None and batch["frames"][2].shape[0] == 1
     assert batch["sample_ids"] == ["a", "b", "c"]
+    # frame times: a sample's own, else once a second from 0; none without frames
+    samples[0].frame_times = torch.tensor([10.0, 70.0])
+    times = collate(samples)["frame_times"]
+    assert times[0].tolist() == [10.0, 70.0] and times[1] is None and times[2].tolist() == [0.0]
 
     labels, ids, bounds = batch["labels"][0], batch["input_ids"][0], batch["cu_seqlens"].tolist()
     for start, end in zip(bounds[:-2], bounds[1:-1]):
