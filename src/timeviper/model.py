@@ -50,11 +50,11 @@ class TimeViperConfig:
         check_time_period(self.time_period)
 
     def to_dict(self) -> dict:
+        timed = {} if self.time_period is None else {"time_period": self.time_period}  # written only when set
         return {"model_type": "timeviper", "llm": config_to_hf(self.llm, torch.float32), "vision": self.vision,
                 "tokens_per_frame": self.tokens_per_frame, "transv": self.transv,
                 "chat_template": self.chat_template, "system_prompt": self.system_prompt,
-                "feature_layer": self.feature_layer, **({} if self.time_period is None else {"time_period": self.time_period}),
-                "extra": self.extra}
+                "feature_layer": self.feature_layer, **timed, "extra": self.extra}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "TimeViperConfig":
@@ -397,4 +397,5 @@ def frame_chunks(video, fps: float = 1.0, max_frames: int | None = None, samplin
         raise ConfigError(f"frames must be a uint8 tensor [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
     if times.shape != frames.shape[:1]:
         raise ConfigError(f"a video of {len(frames)} frames needs as many timestamps, got {tuple(times.shape)}")
-    return (Video(f, t, video.duration, video.path) for f, t in zip(frames.split(chunk_frames), times.split(chunk_frames)))
+    return (Video(f, t, video.duration, video.path)
+            for f, t in zip(frames.split(chunk_frames), times.split(chunk_frames)))

@@ -7,8 +7,8 @@ files.
 
 A cell (transv, task, length) asks the model about the first --items usable seeds of --split from its start +
 --seed-offset (test, from 1,100,000, for the numbers reported; validation, from 1,000,000, for choosing settings
-before they are measured on test seeds; needle: mcq questions about the needle scene, so seeds whose video has none are passed
-over), the same seeds under every TransV setting, so settings compare paired. Frames are rendered in
+before they are measured on test seeds; needle: mcq questions about the needle scene, so seeds whose video has
+none are passed over), the same seeds under every TransV setting, so settings compare paired. Frames are rendered in
 memory at 1 fps, exactly those load_video would decode from the item's MP4 (sample_frames). `default` is
 the model's TransV as loaded, `none` turns it off, anything else is a spec for TimeViper.set_transv; the
 model is loaded afresh for each setting, so trained TransV weights are never lost by switching.
