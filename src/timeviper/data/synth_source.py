@@ -24,7 +24,7 @@ from timeviper.prompts import CAPTION_PROMPT, VIDEO_PLACEHOLDER, grounding_promp
 from timeviper.synth import VideoSpec, iter_items, make_item, render_frames
 from timeviper.synth.tasks import LETTERS
 from timeviper.synth.world import FPS
-from timeviper.video import sample_times
+from timeviper.video import Video, sample_times
 
 if TYPE_CHECKING:
     from timeviper.train.config import SynthConfig
@@ -71,13 +71,19 @@ def conversation(*items: dict, mcq_answer: str = "letter") -> list[dict]:
     return turns
 
 
-def sample_frames(spec: VideoSpec, max_frames: int | None = None, sampling: str = "uniform", fps: float = 1.0,
-                  size: int | None = None, with_times: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """uint8 [T, size, size, 3]: the frames load_video(mp4 of spec, fps, max_frames, sampling) returns
-    (with_times: and their timestamps, seconds [T])."""
+def sample_video(spec: VideoSpec, max_frames: int | None = None, sampling: str = "uniform", fps: float = 1.0,
+                 size: int | None = None) -> Video:
+    """The Video load_video(mp4 of spec, fps, max_frames, sampling) returns (frames uint8 [T, size, size, 3] and
+    their timestamps), rendered in memory: no file, so its path is ""."""
     times = sample_times(spec.duration, fps, max_frames, sampling)
     frames = np.concatenate([render_frames(spec, t, t + 1, size) for t in (times * FPS + 1e-6).astype(int).tolist()])
-    return (frames, times) if with_times else frames
+    return Video(torch.from_numpy(frames), torch.from_numpy(times), spec.duration, "")
+
+
+def sample_frames(spec: VideoSpec, max_frames: int | None = None, sampling: str = "uniform", fps: float = 1.0,
+                  size: int | None = None) -> np.ndarray:
+    """uint8 [T, size, size, 3]: the frames of sample_video."""
+    return sample_video(spec, max_frames, sampling, fps, size).frames.numpy()
 
 
 class SynthDataset:
@@ -132,6 +138,6 @@ class SynthDataset:
         text = encode_turns(self.tokenize, conversation(*items, mcq_answer=self.spec.mcq_answer), where)
         if isinstance(text, Skipped):
             return text
-        frames, times = sample_frames(video, self.max_frames, "uniform", self.fps, with_times=True)
-        return make_sample(items[0]["id"], text, torch.from_numpy(frames), self.tokens_per_frame, self.max_tokens,
-                           where, torch.from_numpy(times))
+        clip = sample_video(video, self.max_frames, "uniform", self.fps)
+        return make_sample(items[0]["id"], text, clip.frames, self.tokens_per_frame, self.max_tokens, where,
+                           clip.timestamps)

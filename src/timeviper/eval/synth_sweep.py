@@ -8,10 +8,11 @@ files.
 A cell (transv, task, length) asks the model about the first --items usable seeds of --split from its start +
 --seed-offset (test, from 1,100,000, for the numbers reported; validation, from 1,000,000, for choosing settings
 before they are measured on test seeds; needle: mcq questions about the needle scene, so seeds whose video has
-none are passed over), the same seeds under every TransV setting, so settings compare paired. Frames are rendered in
-memory at 1 fps, exactly those load_video would decode from the item's MP4 (sample_frames). `default` is
-the model's TransV as loaded, `none` turns it off, anything else is a spec for TimeViper.set_transv; the
-model is loaded afresh for each setting, so trained TransV weights are never lost by switching.
+none are passed over), the same seeds under every TransV setting, so settings compare paired. Frames are rendered
+in memory at 1 fps, exactly those load_video would decode from the item's MP4, with their timestamps
+(sample_video). `default` is the model's TransV as loaded, `none` turns it off, anything else is a spec for
+TimeViper.set_transv; the model is loaded afresh for each setting, so trained TransV weights are never lost by
+switching.
 
 OUT is JSON, rewritten after each cell, so a rerun with the same OUT skips the cells it holds (its
 settings must match):
@@ -33,14 +34,11 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from timeviper.cli import logn_arg
-from timeviper.data.synth_source import sample_frames
+from timeviper.data.synth_source import sample_video
 from timeviper.errors import ConfigError, TimeViperError
 from timeviper.eval import runner
 from timeviper.eval.metrics import score
-from timeviper.video import Video
 from timeviper.synth import make_item, make_video, split_range
 from timeviper.synth.world import MIN_SIZE, NEEDLE_MIN_FRAMES, check_int
 from timeviper.transv import parse_transv
@@ -94,9 +92,7 @@ def run_cell(model, task: str, frames: int, args, bar) -> dict:
     items = sweep_items(task, frames, args.items, args.seed_offset, args.size, args.split)
     records = []
     for spec, item in items:
-        pixels, times = sample_frames(spec, args.max_frames, "uniform", with_times=True)
-        video = Video(torch.from_numpy(pixels), torch.from_numpy(times), spec.duration, "")
-        records.append(runner.predict(model, video, item))
+        records.append(runner.predict(model, sample_video(spec, args.max_frames, "uniform"), item))
         bar.update()
     seconds = sum(r["seconds"] for r in records)
     return {"spec": model.config.transv, "task": task, "frames": frames, "n": len(records),
