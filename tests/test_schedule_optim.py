@@ -66,6 +66,31 @@ def test_param_groups_split_decay_and_transv():
     assert len(grouped) == sum(1 for p in model.parameters() if p.requires_grad)
 
 
+def test_lr_by_prefix_gives_named_parameters_their_own_rate():
+    model = TinyVLM()
+    set_trainable(model, ["projector", "llm", "transv"])
+    rates = {"projector": 1e-2, "llm.layers.1": 2e-3, "llm.layers.1.transv.proj": 3e-3}
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-5, transv_lr=5e-5, lr_by_prefix=rates))
+    rate_of = {name: g["peak_lr"] for g in optimizer.param_groups for name in g["param_names"]}
+    assert rate_of["projector.weight"] == rate_of["projector.bias"] == 1e-2
+    assert rate_of["llm.layers.1.transv.proj.weight"] == 3e-3  # the longest prefix wins
+    assert rate_of["llm.layers.1.transv.alpha"] == 2e-3  # a prefix wins over transv_lr
+    assert rate_of["llm.layers.0.norm.weight"] == rate_of["llm.embed.weight"] == 1e-5
+    groups = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
+    assert groups["projector_decay"] == 0.01 and groups["projector_no_decay"] == 0.0
+    assert len(rate_of) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_lr_by_prefix_must_name_trainable_parameters():
+    model = TinyVLM()
+    set_trainable(model, ["projector", "llm", "transv"])
+    for prefix in ("projector.time", "llm.layers.1.trans", "vision"):  # no such name, half a name, frozen
+        with pytest.raises(ConfigError, match=f"lr_by_prefix: {prefix} names no trainable parameter"):
+            build_optimizer(model, OptimConfig(lr_by_prefix={prefix: 1e-3}))
+    with pytest.raises(ConfigError, match="lr_by_prefix.projector: must be > 0"):
+        OptimConfig(lr_by_prefix={"projector": 0.0})
+
+
 def test_gradients_are_scaled_then_clipped():
     params = [
         torch.nn.Parameter(torch.zeros(2)),

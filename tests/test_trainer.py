@@ -279,6 +279,8 @@ def write_yaml(path: Path, tree) -> Path:
         (lambda c: c["train"].update(max_steps="many"), r"train.max_steps: expected an integer, got str"),
         (lambda c: c["train"].update(bf16=1), r"train.bf16: expected a boolean, got int"),
         (lambda c: c["optim"].update(lr=-1.0), r"optim.lr: must be > 0"),
+        (lambda c: c["optim"].update(lr_by_prefix=[1e-3]), r"optim.lr_by_prefix: expected a mapping of strings to"),
+        (lambda c: c["optim"].update(lr_by_prefix={"llm": "fast"}), r"optim.lr_by_prefix.llm: expected a number"),
         (lambda c: c["optim"].update(betas=[0.9]), r"optim.betas: expected a list of 2 numbers, got list \[0.9\]"),
         (lambda c: c["train"].update(stage=3), r"train.stage: must be 1 or 2"),
         (lambda c: c["train"].update(trainable=["projector", "projector"]), r"train.trainable: must be distinct names"),
@@ -310,10 +312,11 @@ def test_config_errors_name_the_file_and_key(tmp_path, edit, message):
 
 def test_yaml_numbers_and_defaults(tmp_path):
     tree = make_config(tmp_path).to_dict()
-    tree["optim"] = {"lr": "2e-5"}  # PyYAML reads 2e-5 as a string
+    tree["optim"] = {"lr": "2e-5", "lr_by_prefix": {"projector.time": "1e-2"}}  # PyYAML reads 2e-5 as a string
     tree["train"] = {"max_steps": 10, "global_batch_tokens": 128, "micro_batch_tokens": 64, "stage": 1}
     config = load_config(write_yaml(tmp_path / "c.yaml", tree))
     assert config.optim.lr == 2e-5 and config.optim.transv_lr == 5e-5 and config.train.trainable == ["projector"]
+    assert config.optim.lr_by_prefix == {"projector.time": 1e-2}
     assert config.data.datasets[0].name == "videos"
 
 

@@ -105,6 +105,9 @@ class TrainConfig:
 class OptimConfig:
     lr: float = 1e-5
     transv_lr: float = 5e-5  # TransV modules (parameters named *.transv.*)
+    # peak rates by parameter name: {"projector.time": 5e-3} trains the parameters under projector.time at 5e-3;
+    # the longest matching prefix wins over lr and transv_lr; every prefix must name a trainable parameter
+    lr_by_prefix: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 0.01  # not applied to biases, norms and scalar gates
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -116,6 +119,8 @@ class OptimConfig:
     def __post_init__(self):
         for key in ("lr", "transv_lr", "eps", "grad_clip"):
             _require(getattr(self, key) > 0, key, "must be > 0")
+        for prefix, lr in self.lr_by_prefix.items():
+            _require(lr > 0, f"lr_by_prefix.{prefix}", "must be > 0")
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _require(all(0 <= b < 1 for b in self.betas), "betas", "must lie in [0, 1)")
         _require(
@@ -356,6 +361,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return _build(tp, value, f"{key}.")
     if origin is list and isinstance(value, list):
         return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict and isinstance(value, dict):
+        return {_convert(k, args[0], key): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if origin is tuple and isinstance(value, list) and len(value) == len(args):
         return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is float and isinstance(value, str):
@@ -379,5 +386,7 @@ def _type_name(tp: Any) -> str:
         return f"a list of {_TYPE_NAMES.get(args[0], 'mapping')}s"
     if get_origin(tp) is tuple:
         return f"a list of {len(args)} {_TYPE_NAMES[args[0]]}s"
+    if get_origin(tp) is dict:
+        return f"a mapping of {_TYPE_NAMES[args[0]]}s to {_TYPE_NAMES[args[1]]}s"
     name = _TYPE_NAMES.get(tp, "mapping")
     return f"an {name}" if name == "integer" else f"a {name}"

@@ -35,19 +35,28 @@ def set_trainable(model: nn.Module, parts: Sequence[str]) -> dict[str, int]:
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters in up to four groups: TransV or not, decayed or not.
+    """AdamW over the trainable parameters, grouped by learning rate and by weight decay.
 
     Matrices decay; vectors and scalars (biases, norm weights, gates such as TransV's alpha, Mamba's
-    A_log/D/dt_bias) do not. TransV groups take ``transv_lr``. Each group keeps its peak rate in
+    A_log/D/dt_bias) do not. A parameter's peak rate is that of the longest prefix of its name in
+    ``lr_by_prefix``, else ``transv_lr`` for TransV, else ``lr``. Each group keeps its peak rate in
     ``peak_lr`` and its parameters' names in ``param_names``.
     """
     groups: dict[str, dict] = {}
+    unused = set(optim.lr_by_prefix)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        transv, decay = part_of(name) == "transv", p.ndim >= 2
-        key = ("transv_" if transv else "") + ("decay" if decay else "no_decay")
-        lr = optim.transv_lr if transv else optim.lr
+        prefix = max((k for k in optim.lr_by_prefix if name == k or name.startswith(k + ".")), key=len, default=None)
+        unused.discard(prefix)
+        if prefix is not None:
+            rate, lr = f"{prefix}_", optim.lr_by_prefix[prefix]
+        elif part_of(name) == "transv":
+            rate, lr = "transv_", optim.transv_lr
+        else:
+            rate, lr = "", optim.lr
+        decay = p.ndim >= 2
+        key = rate + ("decay" if decay else "no_decay")
         group = groups.setdefault(
             key,
             {
@@ -61,6 +70,8 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
         )
         group["params"].append(p)
         group["param_names"].append(name)
+    if unused:
+        raise ConfigError(f"optim.lr_by_prefix: {', '.join(sorted(unused))} names no trainable parameter")
     return torch.optim.AdamW(list(groups.values()), lr=optim.lr, betas=optim.betas, eps=optim.eps)
 
 
