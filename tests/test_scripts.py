@@ -1,4 +1,5 @@
-"""scripts/fresh_lm.py and the data lists that gpu_suite.sh's embedded step takes in place of a config's mix."""
+"""scripts/fresh_lm.py, scripts/probe_selection.py, and the data lists that gpu_suite.sh's embedded step takes in
+place of a config's mix."""
 
 import subprocess
 import sys
@@ -38,3 +39,29 @@ def test_a_phase_mix_loads_in_place_of_the_mix(phase, name, weight):  # as gpu_s
                          ["model.tiny=null", "model.pretrained=embedded", f"data.datasets={text}"])
     assert all(spec.synth is not None for spec in config.data.datasets)
     assert {spec.name: spec.weight for spec in config.data.datasets}[name] == weight
+
+
+def test_the_selection_probe_maps_tokens_to_frames_and_steers_the_selection():
+    import importlib.util
+
+    import timeviper.engine as engine
+    from timeviper.data.synth_source import sample_video
+    from timeviper.eval import runner
+    from timeviper.eval.synth_sweep import sweep_items
+
+    spec_file = importlib.util.spec_from_file_location("probe_selection", ROOT / "scripts" / "probe_selection.py")
+    probe = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(probe)
+    model = TimeViper.from_pretrained(None, torch.float32).eval()
+    (spec, item), = sweep_items("tvg", 16, 1, 0, 64)
+    original = engine._select_and_transfer, engine.attention_drop
+    with probe.selection_probe(model.config.tokens_per_frame) as seen:
+        runner.predict(model, sample_video(spec, None, "uniform"), item)
+    assert (engine._select_and_transfer, engine.attention_drop) == original  # restored
+    # uniform p=0.5 at layer 2 leaves 8 of each frame's 16 tokens: every frame of the video, 8 times
+    assert torch.equal(seen["frames"].bincount(), torch.full((16,), 8))
+    assert seen["scores"].sum().item() == pytest.approx(1.0, abs=1e-4)  # a distribution over those tokens
+    with probe.selection_probe(16, rescore=lambda scores, frames: (frames == 2).float()) as seen:
+        seen["frames"] = torch.tensor([0, 0, 1, 1, 2, 2])
+        dropped = engine.attention_drop(torch.tensor([9.0, 8, 7, 6, 0, 0]), 2 / 3)
+    assert dropped.tolist() == [True, True, True, True, False, False]  # the rescored tokens are kept
