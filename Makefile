@@ -25,8 +25,12 @@ demo: install
 # of the shipped model (its model card): vision pretraining; motion questions alone, which a fresh LM needs to
 # start on; the VLM stage of configs/embedded.yaml; 1,120 steps of configs/embedded-grounding.yaml's
 # grounding-heavy mix, cosine 3e-4 -> 2e-5; then 1,100 more of it with a frame-time embedding (period 256 s),
-# cosine 5e-4 -> 2e-5; a bf16 model directory in runs/embedded-model, with logn attention past 1,024 tokens,
-# as shipped (the frame-time phase trains with it, as the shipped model's did).
+# cosine 5e-4 -> 2e-5; then twice 1,050 more, cosine 2e-4 -> 2e-5 with the frame-time embedding at 1e-2
+# (data seeds 26 and 27); a bf16 model directory in runs/embedded-model, with logn attention past 1,024 tokens,
+# as shipped (the frame-time phases train with it, as the shipped model's did).
+TIME_PHASE = --set model.tiny=null --set "data.datasets=$$(cat configs/embedded-grounding.yaml)" \
+	--set train.max_steps=1050 --set optim.lr=2.0e-4 --set optim.transv_lr=2.0e-4 --set optim.min_lr_ratio=0.1 \
+	--set optim.warmup_ratio=0.02 --set 'optim.lr_by_prefix={"projector.time": 1.0e-2}'
 embedded: install
 	$(PY) -m timeviper.synth.pretrain_vision --config configs/embedded.yaml --out runs/embedded-vision --workers 12
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-motion \
@@ -48,7 +52,13 @@ embedded: install
 		--set "data.datasets=$$(cat configs/embedded-grounding.yaml)" --set train.max_steps=1100 \
 		--set optim.lr=5.0e-4 --set optim.transv_lr=5.0e-4 --set optim.min_lr_ratio=0.04 \
 		--set optim.warmup_ratio=0.02
-	$(VENV)/bin/timeviper export runs/embedded-time --out runs/embedded-model --dtype bfloat16
+	$(VENV)/bin/timeviper export runs/embedded-time --out runs/embedded-time-model
+	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-time-2 $(TIME_PHASE) \
+		--set model.pretrained=runs/embedded-time-model --set train.seed=26
+	$(VENV)/bin/timeviper export runs/embedded-time-2 --out runs/embedded-time-2-model
+	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-time-3 $(TIME_PHASE) \
+		--set model.pretrained=runs/embedded-time-2-model --set train.seed=27
+	$(VENV)/bin/timeviper export runs/embedded-time-3 --out runs/embedded-model --dtype bfloat16
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
