@@ -121,3 +121,13 @@ def test_training_reads_the_batch_frame_times_and_trains_the_embedding(tokenizer
     with torch.no_grad():
         batch["frame_times"] = [t * 3 for t in batch["frame_times"]]
         assert not torch.isclose(model.forward_train(batch)[0], loss)
+
+
+@pytest.mark.parametrize("frames", [torch.zeros(2, 8, 8, 3), torch.tensor(3, dtype=torch.uint8),
+                                    torch.zeros(2, 3, 8, 8, dtype=torch.uint8)])  # float, 0-d, channels first
+def test_bad_frames_are_refused_as_a_tensor_or_inside_a_video(frames):
+    from timeviper.model import frame_chunks
+
+    for video in (frames, Video(frames, torch.zeros(2), 2.0, "")):
+        with pytest.raises(ConfigError, match="uint8 tensor"):
+            frame_chunks(video)

@@ -388,13 +388,14 @@ def frame_chunks(video, fps: float = 1.0, max_frames: int | None = None, samplin
     lazily; of a decoded Video; or of a frames tensor, whose frames are taken as sampled at `fps` from 0 s."""
     from timeviper.video import Video, iter_video
 
-    if isinstance(video, Tensor):
-        video = Video(video, torch.arange(len(video), dtype=torch.float64) / fps, len(video) / fps, "")
-    if not isinstance(video, Video):
+    if not isinstance(video, (Tensor, Video)):
         return iter_video(video, fps, chunk_frames, max_frames, sampling)
-    frames, times = video.frames, torch.as_tensor(video.timestamps)
+    frames = video.frames if isinstance(video, Video) else video
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ConfigError(f"frames must be a uint8 tensor [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    if isinstance(video, Tensor):
+        video = Video(frames, torch.arange(len(frames), dtype=torch.float64) / fps, len(frames) / fps, "")
+    times = torch.as_tensor(video.timestamps)
     if times.shape != frames.shape[:1]:
         raise ConfigError(f"a video of {len(frames)} frames needs as many timestamps, got {tuple(times.shape)}")
     return (Video(f, t, video.duration, video.path)

@@ -76,5 +76,5 @@ class Projector(nn.Module):
             return tokens
         if times.shape != features.shape[:1]:
             raise ConfigError(f"this projector embeds frame times: pass one time per frame ([{features.shape[0]}]), "
-                              f"got {None if times is None else tuple(times.shape)}")
+                              f"got {tuple(times.shape)}")
         return tokens + self.time(times)[:, None]  # [F, 1, llm_dim] onto each of the frame's tokens
