@@ -8,6 +8,7 @@ import torch
 from media import cfr, damaged_copy, frame_indices, write_audio, write_image, write_video
 from timeviper import video
 from timeviper.errors import ConfigError, VideoDecodeError
+from timeviper.model import frame_chunks
 from timeviper.video import iter_video, load_video
 
 VFR_TIMES = [0.0, 0.1, 0.15, 0.9, 1.0, 1.7, 2.5, 4.0, 4.01, 4.5]  # a 1.5 s hold, a 10 ms flash
@@ -196,6 +197,16 @@ def test_unreadable_inputs(tmp_path):
         load_video(write_audio(tmp_path / "song.m4a"))
 
 
+@pytest.mark.parametrize("max_frames,sampling", [(4, "uniform"), (3, "first"), (100, "uniform")])
+def test_decoded_frames_are_thinned_as_the_file_would_be(cfr_video, max_frames, sampling):
+    whole = load_video(cfr_video)
+    from_file = load_video(cfr_video, max_frames=max_frames, sampling=sampling)
+    for video in (whole, whole.frames):  # a decoded Video, or its frames taken as sampled at 1 fps
+        chunks = list(frame_chunks(video, max_frames=max_frames, sampling=sampling, chunk_frames=2))
+        assert torch.cat([c.timestamps for c in chunks]).tolist() == from_file.timestamps.tolist()
+        assert torch.equal(torch.cat([c.frames for c in chunks]), from_file.frames)
+
+
 @pytest.mark.parametrize("kwargs", [dict(fps=0), dict(fps=-1.0), dict(fps=float("nan")), dict(fps="1"),
                                     dict(max_frames=0), dict(max_frames=2.5), dict(sampling="random")])
 def test_bad_arguments(cfr_video, kwargs):
@@ -203,6 +214,8 @@ def test_bad_arguments(cfr_video, kwargs):
         load_video(cfr_video, **kwargs)
     with pytest.raises(ConfigError):
         iter_video(cfr_video, **kwargs)
+    with pytest.raises(ConfigError):
+        frame_chunks(torch.zeros(4, 8, 8, 3, dtype=torch.uint8), **kwargs)
 
 
 def test_bad_chunk_size(cfr_video):

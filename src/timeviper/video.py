@@ -68,7 +68,8 @@ def iter_video(path, fps: float = 1.0, chunk_frames: int = 256, max_frames: int 
     return _chunks(reader, targets, chunk_frames, seek)
 
 
-def _open(path, fps, max_frames, sampling) -> tuple[_Reader, np.ndarray]:
+def check_sampling(fps, max_frames, sampling) -> None:
+    """ConfigError unless fps > 0, max_frames is None or a positive integer, and sampling is one of SAMPLINGS."""
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf:
         raise ConfigError(f"fps must be a positive number, got {fps!r}")
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
@@ -76,6 +77,10 @@ def _open(path, fps, max_frames, sampling) -> tuple[_Reader, np.ndarray]:
         raise ConfigError(f"max_frames must be a positive integer or None, got {max_frames!r}")
     if sampling not in SAMPLINGS:
         raise ConfigError(f"sampling must be one of {', '.join(SAMPLINGS)}; got {sampling!r}")
+
+
+def _open(path, fps, max_frames, sampling) -> tuple[_Reader, np.ndarray]:
+    check_sampling(fps, max_frames, sampling)
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(f"path must be a file path, got {type(path).__name__}")
     reader = _Reader(os.fspath(path))
@@ -85,11 +90,17 @@ def _open(path, fps, max_frames, sampling) -> tuple[_Reader, np.ndarray]:
 def sample_times(duration: float, fps: float, max_frames: int | None, sampling: str) -> np.ndarray:
     """Sample times in seconds: the grid k / fps over [0, duration), thinned to max_frames."""
     count = max(1, math.ceil(duration * fps - _EPS))  # a still image or a one-frame video has one
+    return kept_samples(count, max_frames, sampling) / fps
+
+
+def kept_samples(count: int, max_frames: int | None, sampling: str) -> np.ndarray:
+    """Which of `count` samples in a row to keep for at most `max_frames`: all of them, the first max_frames
+    ("first"), or max_frames spread evenly with the first and last included ("uniform")."""
     if max_frames is None or count <= max_frames:
-        return np.arange(count) / fps
+        return np.arange(count)
     if sampling == "first":
-        return np.arange(max_frames) / fps
-    return np.floor(np.linspace(0, count - 1, max_frames) + 0.5) / fps  # evenly spread grid points
+        return np.arange(max_frames)
+    return np.floor(np.linspace(0, count - 1, max_frames) + 0.5)
 
 
 def _chunks(reader: _Reader, targets: np.ndarray, chunk_frames: int, seek: bool) -> Iterator[Video]:
