@@ -26,9 +26,12 @@ demo: install
 # start on; the VLM stage of configs/embedded.yaml; 1,120 steps of configs/embedded-grounding.yaml's
 # grounding-heavy mix, cosine 3e-4 -> 2e-5; then 1,100 more of it with a frame-time embedding (period 256 s),
 # cosine 5e-4 -> 2e-5; then twice 1,050 more, cosine 2e-4 -> 2e-5 with the frame-time embedding at 1e-2
-# (data seeds 26 and 27); a bf16 model directory in runs/embedded-model, with logn attention past 1,024 tokens,
-# as shipped (the frame-time phases train with it, as the shipped model's did).
-TIME_PHASE = --set model.tiny=null --set "data.datasets=$$(cat configs/embedded-grounding.yaml)" \
+# (data seeds 26 and 27), and twice more with configs/embedded-long-mcq.yaml's long motion and counting questions
+# added (data seeds 29 and 30); a bf16 model directory in runs/embedded-model, with logn attention past 1,024
+# tokens, as shipped (the frame-time phases train with it, as the shipped model's did).
+GROUNDING_MIX = --set "data.datasets=$$(cat configs/embedded-grounding.yaml)"
+LONG_MCQ_MIX = --set "data.datasets=$$(cat configs/embedded-grounding.yaml configs/embedded-long-mcq.yaml)"
+TIME_PHASE = --set model.tiny=null \
 	--set train.max_steps=1050 --set optim.lr=2.0e-4 --set optim.transv_lr=2.0e-4 --set optim.min_lr_ratio=0.1 \
 	--set optim.warmup_ratio=0.02 --set 'optim.lr_by_prefix={"projector.time": 1.0e-2}'
 embedded: install
@@ -54,11 +57,17 @@ embedded: install
 		--set optim.warmup_ratio=0.02
 	$(VENV)/bin/timeviper export runs/embedded-time --out runs/embedded-time-model
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-time-2 $(TIME_PHASE) \
-		--set model.pretrained=runs/embedded-time-model --set train.seed=26
+		$(GROUNDING_MIX) --set model.pretrained=runs/embedded-time-model --set train.seed=26
 	$(VENV)/bin/timeviper export runs/embedded-time-2 --out runs/embedded-time-2-model
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-time-3 $(TIME_PHASE) \
-		--set model.pretrained=runs/embedded-time-2-model --set train.seed=27
-	$(VENV)/bin/timeviper export runs/embedded-time-3 --out runs/embedded-model --dtype bfloat16
+		$(GROUNDING_MIX) --set model.pretrained=runs/embedded-time-2-model --set train.seed=27
+	$(VENV)/bin/timeviper export runs/embedded-time-3 --out runs/embedded-time-3-model
+	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-long-1 $(TIME_PHASE) \
+		$(LONG_MCQ_MIX) --set model.pretrained=runs/embedded-time-3-model --set train.seed=29
+	$(VENV)/bin/timeviper export runs/embedded-long-1 --out runs/embedded-long-1-model
+	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-long-2 $(TIME_PHASE) \
+		$(LONG_MCQ_MIX) --set model.pretrained=runs/embedded-long-1-model --set train.seed=30
+	$(VENV)/bin/timeviper export runs/embedded-long-2 --out runs/embedded-model --dtype bfloat16
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

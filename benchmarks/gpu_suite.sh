@@ -9,7 +9,7 @@
 #   embedded         train the embedded model on from EMBEDDED_FROM (default the shipped embedded model) for
 #                    EMBEDDED_SECONDS (default 420) at a constant learning rate, on the data order of EMBEDDED_SEED
 #                    (required: a new one for every segment, or it sees the samples of the last one again;
-#                    EMBEDDED_DATA: a YAML list of datasets in place of the config's mix, e.g.
+#                    EMBEDDED_DATA: YAML lists of datasets (files, concatenated) in place of the config's mix, e.g.
 #                    configs/embedded-motion-only.yaml; EMBEDDED_SET: more overrides), then export it in bf16
 #                    to OUT/embedded, with its metrics and a profile of steps 6-8; EMBEDDED_VISION_STEPS=N
 #                    first pretrains the vision front on labelled frames for N steps (timeviper.synth.pretrain_vision)
@@ -61,7 +61,7 @@ for step in "$@"; do
         --set optim.scheduler=constant --set train.max_steps=100000 --set optim.warmup_ratio=0.0005 \
         --set train.seed="${EMBEDDED_SEED:?each segment needs a data seed of its own}" \
         --set logging.every=10 --set "logging.profile_steps=[6, 8]" \
-        ${EMBEDDED_DATA:+--set "data.datasets=$(cat "$EMBEDDED_DATA")"} ${EMBEDDED_SET:-}
+        ${EMBEDDED_DATA:+--set "data.datasets=$(cat $EMBEDDED_DATA)"} ${EMBEDDED_SET:-}
       cp /tmp/embedded/metrics.jsonl "$out/embedded_metrics.jsonl"
       cp /tmp/embedded/profile/ops-rank-0.txt "$out/embedded_ops.txt"
       python3 -m timeviper.cli export /tmp/embedded --out "$out/embedded" --dtype bfloat16 ;;

@@ -31,13 +31,16 @@ def test_fresh_lm_keeps_the_vision_front_and_renews_the_rest(tmp_path):
     assert model.config.transv == TimeViper.from_pretrained(None, torch.float32).config.transv
 
 
-@pytest.mark.parametrize("phase, name, weight", [("embedded-motion-only", "synth_motion_only", 1),
-                                                  ("embedded-grounding", "synth_tvg_short", 4)])  # the mix's: 1
-def test_a_phase_mix_loads_in_place_of_the_mix(phase, name, weight):  # as gpu_suite.sh's EMBEDDED_DATA, make embedded
-    text = (ROOT / "configs" / f"{phase}.yaml").read_text()
+@pytest.mark.parametrize("phases, name, weight, count", [
+    (["embedded-motion-only"], "synth_motion_only", 1, 1),
+    (["embedded-grounding"], "synth_tvg_short", 4, 8),  # the mix's: 1
+    (["embedded-grounding", "embedded-long-mcq"], "synth_motion_long", 2, 10)])  # files concatenated
+def test_a_phase_mix_loads_in_place_of_the_mix(phases, name, weight, count):  # as EMBEDDED_DATA, make embedded
+    text = "".join((ROOT / "configs" / f"{phase}.yaml").read_text() for phase in phases)
     config = load_config(ROOT / "configs" / "embedded.yaml",
                          ["model.tiny=null", "model.pretrained=embedded", f"data.datasets={text}"])
     assert all(spec.synth is not None for spec in config.data.datasets)
+    assert len(config.data.datasets) == count
     assert {spec.name: spec.weight for spec in config.data.datasets}[name] == weight
 
 
