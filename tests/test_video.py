@@ -218,6 +218,9 @@ def test_bad_arguments(cfr_video, kwargs):
         frame_chunks(torch.zeros(4, 8, 8, 3, dtype=torch.uint8), **kwargs)
 
 
-def test_bad_chunk_size(cfr_video):
+@pytest.mark.parametrize("chunk_frames", [0, 2.5])
+def test_bad_chunk_size(cfr_video, chunk_frames):
     with pytest.raises(ConfigError, match="chunk_frames"):
-        iter_video(cfr_video, chunk_frames=0)
+        iter_video(cfr_video, chunk_frames=chunk_frames)
+    with pytest.raises(ConfigError, match="chunk_frames"):
+        frame_chunks(torch.zeros(4, 8, 8, 3, dtype=torch.uint8), chunk_frames=chunk_frames)

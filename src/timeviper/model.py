@@ -387,11 +387,12 @@ def frame_chunks(video, fps: float = 1.0, max_frames: int | None = None, samplin
     """timeviper.video.Video chunks (uint8 frames [n, H, W, 3] and their timestamps) of a video path, decoded
     lazily; of a decoded Video; or of a frames tensor, whose frames are taken as sampled at `fps` from 0 s.
     A Video or tensor of more than `max_frames` frames is thinned as a file would be (`sampling`)."""
-    from timeviper.video import Video, check_sampling, iter_video, kept_samples
+    from timeviper.video import Video, check_chunk_frames, check_sampling, iter_video, kept_samples
 
     if not isinstance(video, (Tensor, Video)):
         return iter_video(video, fps, chunk_frames, max_frames, sampling)
     check_sampling(fps, max_frames, sampling)
+    check_chunk_frames(chunk_frames)
     frames = video.frames if isinstance(video, Video) else video
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ConfigError(f"frames must be a uint8 tensor [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")

@@ -62,8 +62,7 @@ def iter_video(path, fps: float = 1.0, chunk_frames: int = 256, max_frames: int 
     frames, so memory stays bounded however long the video (about two chunks: the one being filled and
     the one the caller holds). Each chunk carries the whole video's ``duration``. The file is opened (and
     open errors raised) at the call; decode errors surface while iterating."""
-    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
-        raise ConfigError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
+    check_chunk_frames(chunk_frames)
     reader, targets = _open(path, fps, max_frames, sampling)
     return _chunks(reader, targets, chunk_frames, seek)
 
@@ -77,6 +76,11 @@ def check_sampling(fps, max_frames, sampling) -> None:
         raise ConfigError(f"max_frames must be a positive integer or None, got {max_frames!r}")
     if sampling not in SAMPLINGS:
         raise ConfigError(f"sampling must be one of {', '.join(SAMPLINGS)}; got {sampling!r}")
+
+
+def check_chunk_frames(chunk_frames) -> None:
+    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+        raise ConfigError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
 
 
 def _open(path, fps, max_frames, sampling) -> tuple[_Reader, np.ndarray]:
