@@ -3,15 +3,21 @@
     python scripts/probe_motion.py vision [--model DIR]   # the vision tokens the LM is given
     python scripts/probe_motion.py lm [--model DIR]       # the LM's hidden state at the answer position, per layer
     python scripts/probe_motion.py answer [--model DIR]   # the model's own answers
+    python scripts/probe_motion.py confusions [--results FILE]   # which scene the wrong answers on long videos read
 
 `vision` reads the direction from the actor's first and last on-screen frames (12 s motion clips; 1,500 train-split
 videos, 400 test-split): all 16 tokens of each, or their mean. `lm` prefills the motion question as inference does
 (800 train videos, 300 test) and probes every layer's output at the prompt's last token, which predicts the answer.
 Prints (train, test) accuracy per probe; chance is 0.25. `answer` asks 60 test-split motion questions on 8-16 s
-clips and prints the accuracy and the directions the model answered.
+clips and prints the accuracy and the directions the model answered. `confusions` needs no model: it reads the
+multiple-choice answers a synth_sweep results file holds (default: the shipped model's) and splits each cell's motion
+questions by whether the asked object also moves another way in another scene, and counts the wrong answers that
+name the direction of that other scene.
 """
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +26,12 @@ from timeviper import TimeViper
 from timeviper.data.synth_source import sample_frames, task_prompt
 from timeviper.errors import ConfigError
 from timeviper.eval import runner
+from timeviper.eval.metrics import parse_option_letter
 from timeviper.synth import make_item
+from timeviper.synth.tasks import LETTERS
 from timeviper.synth.world import MOTIONS
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "embedded_quality.json"
 
 TRAIN_SEEDS, TEST_SEEDS = range(800000, 900000), range(1100000, 1200000)
 
@@ -105,11 +115,47 @@ def answer_accuracy(model, n=60):
     print(f"motion answers: {right}/{n} right ({right / n:.2f}); directions said: {sorted(said)}")
 
 
+def motion_confusions(cell: dict, size: int) -> dict:
+    """Counts over a multiple-choice cell's motion questions: right / asked where the object moves only in the asked
+    scene (or the same way elsewhere) and where it also moves another way in another scene, and the wrong answers
+    that name that other scene's direction."""
+    counts = dict.fromkeys(["only_here", "only_here_right", "elsewhere", "elsewhere_right", "wrong_says_elsewhere"], 0)
+    for seed, raw in zip(cell["seeds"], cell["responses"]):
+        spec, item = make_item("mcq", seed, cell["frames"], size)
+        if item.get("kind") != "motion":
+            continue
+        scene, actor = next((s, a) for s in spec.scenes for a in s.actors
+                            if item["question"] == f"Which way does the {a.obj} move on the {s.background} background?")
+        elsewhere = {a.motion for s in spec.scenes if s.background != scene.background
+                     for a in s.actors if a.obj == actor.obj} - {actor.motion}
+        said = parse_option_letter(raw)
+        right = said == item["answer"]
+        where = "elsewhere" if elsewhere else "only_here"
+        counts[where] += 1
+        counts[f"{where}_right"] += right
+        counts["wrong_says_elsewhere"] += not right and said is not None and item["options"][LETTERS.index(said)] in elsewhere
+    return counts
+
+
+def confusions(results: Path) -> None:
+    data = json.loads(results.read_text())
+    for cell in data["cells"]:
+        if cell["task"] == "mcq" and cell["frames"] <= 256:
+            c = motion_confusions(cell, data["settings"]["size"])
+            print(f"{cell['frames']:4d} s, TransV {cell['transv']:7s}: object only in the asked scene "
+                  f"{c['only_here_right']}/{c['only_here']} right; also moving another way elsewhere "
+                  f"{c['elsewhere_right']}/{c['elsewhere']} right, {c['wrong_says_elsewhere']} of the wrong answers "
+                  f"that other scene's direction")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("probe", choices=["vision", "lm", "answer"])
+    p.add_argument("probe", choices=["vision", "lm", "answer", "confusions"])
     p.add_argument("--model", default=None, help="a TimeViper directory (default: the embedded model)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="confusions: a synth_sweep results file")
     args = p.parse_args()
+    if args.probe == "confusions":
+        return confusions(args.results)
     torch.manual_seed(0)
     model = TimeViper.from_pretrained(args.model, dtype=torch.float32).eval()
     {"vision": vision_probe, "lm": lm_probe, "answer": answer_accuracy}[args.probe](model)

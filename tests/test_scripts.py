@@ -1,4 +1,4 @@
-"""scripts/fresh_lm.py, scripts/probe_selection.py, and the data lists that gpu_suite.sh's embedded step takes in
+"""scripts/fresh_lm.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions, and the data lists that gpu_suite.sh's embedded step takes in
 place of a config's mix."""
 
 import subprocess
@@ -44,17 +44,53 @@ def test_a_phase_mix_loads_in_place_of_the_mix(phases, name, weight, count):  # 
     assert {spec.name: spec.weight for spec in config.data.datasets}[name] == weight
 
 
-def test_the_selection_probe_maps_tokens_to_frames_and_steers_the_selection():
+def load_script(name: str):
     import importlib.util
 
+    spec_file = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(module)
+    return module
+
+
+def test_motion_confusions_tell_the_asked_scene_from_another():
+    from timeviper.errors import ConfigError
+    from timeviper.synth import make_item
+    from timeviper.synth.tasks import LETTERS
+
+    probe = load_script("probe_motion")
+    cell = {"frames": 64, "seeds": [], "responses": []}
+    kinds = set()
+    for seed in range(1100000, 1100400):  # one motion question of each kind, answered with the other scene's direction
+        try:
+            spec, item = make_item("mcq", seed, 64, 64)
+        except ConfigError:
+            continue
+        if item.get("kind") != "motion":
+            continue
+        actor, background = next((a, s.background) for s in spec.scenes for a in s.actors
+                                 if item["question"] == f"Which way does the {a.obj} move on the {s.background} background?")
+        other = {a.motion for s in spec.scenes if s.background != background for a in s.actors if a.obj == actor.obj}
+        other = sorted((other - {actor.motion}) & set(item["options"]))
+        kind = "elsewhere" if other else "only_here"
+        if kind in kinds:
+            continue
+        kinds.add(kind)
+        said = other[0] if other else actor.motion
+        cell["seeds"].append(seed)
+        cell["responses"].append(f"{said} ({LETTERS[item['options'].index(said)]})")
+    assert kinds == {"elsewhere", "only_here"}
+    assert probe.motion_confusions(cell, 64) == {"only_here": 1, "only_here_right": 1, "elsewhere": 1,
+                                                 "elsewhere_right": 0, "wrong_says_elsewhere": 1}
+
+
+def test_the_selection_probe_maps_tokens_to_frames_and_steers_the_selection():
     import timeviper.engine as engine
     from timeviper.data.synth_source import sample_video
     from timeviper.eval import runner
     from timeviper.eval.synth_sweep import sweep_items
 
-    spec_file = importlib.util.spec_from_file_location("probe_selection", ROOT / "scripts" / "probe_selection.py")
-    probe = importlib.util.module_from_spec(spec_file)
-    spec_file.loader.exec_module(probe)
+    probe = load_script("probe_selection")
     model = TimeViper.from_pretrained(None, torch.float32).eval()
     (spec, item), = sweep_items("tvg", 16, 1, 0, 64)
     original = engine._select_and_transfer, engine.attention_drop
