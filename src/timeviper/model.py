@@ -402,6 +402,7 @@ def frame_chunks(video, fps: float = 1.0, max_frames: int | None = None, samplin
     if times.shape != frames.shape[:1]:
         raise ConfigError(f"a video of {len(frames)} frames needs as many timestamps, got {tuple(times.shape)}")
     kept = torch.from_numpy(kept_samples(len(frames), max_frames, sampling)).long()
-    frames, times = frames[kept], times[kept]
+    if len(kept) < len(frames):  # indexing copies: only when thinning
+        frames, times = frames[kept], times[kept]
     return (Video(f, t, video.duration, video.path)
             for f, t in zip(frames.split(chunk_frames), times.split(chunk_frames)))
