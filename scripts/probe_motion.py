@@ -36,6 +36,12 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "embe
 TRAIN_SEEDS, TEST_SEEDS = range(800000, 900000), range(1100000, 1200000)
 
 
+def asked(spec, item: dict):
+    """The (scene, actor) a motion question asks about."""
+    return next((s, a) for s in spec.scenes for a in s.actors
+                if item["question"] == f"Which way does the {a.obj} move on the {s.background} background?")
+
+
 def motion_items(seeds, n, frames=lambda seed: 12, min_seconds=3):
     """Up to n (video, item, actor) of motion questions on videos of frames(seed) s, the actor on screen for
     >= min_seconds (every motion question's actor is on screen for >= 2 s)."""
@@ -46,8 +52,7 @@ def motion_items(seeds, n, frames=lambda seed: 12, min_seconds=3):
             spec, item = make_item("mcq", seed, frames(seed), kind="motion")
         except ConfigError:  # no motion question on this video
             continue
-        actor = next(a for s in spec.scenes for a in s.actors
-                     if item["question"].startswith(f"Which way does the {a.obj} move on the {s.background}"))
+        _, actor = asked(spec, item)
         if actor.end - actor.start >= min_seconds:
             n -= 1
             yield spec, item, actor
@@ -124,8 +129,7 @@ def motion_confusions(cell: dict, size: int) -> dict:
         spec, item = make_item("mcq", seed, cell["frames"], size)
         if item.get("kind") != "motion":
             continue
-        scene, actor = next((s, a) for s in spec.scenes for a in s.actors
-                            if item["question"] == f"Which way does the {a.obj} move on the {s.background} background?")
+        scene, actor = asked(spec, item)
         elsewhere = {a.motion for s in spec.scenes if s.background != scene.background
                      for a in s.actors if a.obj == actor.obj} - {actor.motion}
         said = parse_option_letter(raw)
@@ -133,7 +137,8 @@ def motion_confusions(cell: dict, size: int) -> dict:
         where = "elsewhere" if elsewhere else "only_here"
         counts[where] += 1
         counts[f"{where}_right"] += right
-        counts["wrong_says_elsewhere"] += not right and said is not None and item["options"][LETTERS.index(said)] in elsewhere
+        said_elsewhere = said is not None and item["options"][LETTERS.index(said)] in elsewhere
+        counts["wrong_says_elsewhere"] += not right and said_elsewhere
     return counts
 
 

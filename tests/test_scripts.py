@@ -1,5 +1,5 @@
-"""scripts/fresh_lm.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions, and the data lists that gpu_suite.sh's embedded step takes in
-place of a config's mix."""
+"""scripts/fresh_lm.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions, and the data lists that
+gpu_suite.sh's embedded step takes in place of a config's mix."""
 
 import subprocess
 import sys
@@ -68,9 +68,9 @@ def test_motion_confusions_tell_the_asked_scene_from_another():
             continue
         if item.get("kind") != "motion":
             continue
-        actor, background = next((a, s.background) for s in spec.scenes for a in s.actors
-                                 if item["question"] == f"Which way does the {a.obj} move on the {s.background} background?")
-        other = {a.motion for s in spec.scenes if s.background != background for a in s.actors if a.obj == actor.obj}
+        scene, actor = probe.asked(spec, item)
+        other = {a.motion for s in spec.scenes if s.background != scene.background
+                 for a in s.actors if a.obj == actor.obj}
         other = sorted((other - {actor.motion}) & set(item["options"]))
         kind = "elsewhere" if other else "only_here"
         if kind in kinds:
