@@ -137,6 +137,22 @@ def test_several_questions_on_one_video_are_turns_of_one_sample(tokenizer, task)
     assert any(len(three.items(i)[1]) == 3 for i in range(6))
 
 
+def test_same_kind_asks_every_question_of_a_sample_in_that_kind(tokenizer):
+    mixed = dataset(tokenizer, "mcq", kind="motion", questions=3, frames=(64, 128))
+    motion = dataset(tokenizer, "mcq", kind="motion", questions=3, frames=(64, 128), same_kind=True)
+    for index in range(6):
+        (video, items), (_, others) = motion.items(index), mixed.items(index)
+        assert items[0] == others[0] and len(items) == 3
+        assert [i["kind"] for i in items] == ["motion"] * 3
+        assert len({i["question"] for i in items}) == 3
+    assert any(i["kind"] != "motion" for index in range(6) for i in mixed.items(index)[1])
+    # a video with no question of the kind asks random kinds, as without same_kind
+    short = dataset(tokenizer, "mcq", kind="needle", questions=2, frames=(8, 16), same_kind=True)
+    assert short.items(0) == dataset(tokenizer, "mcq", kind="needle", questions=2, frames=(8, 16)).items(0)
+    with pytest.raises(ConfigError, match="same_kind"):
+        SynthConfig("mcq", (0, 10), 8, same_kind=True)
+
+
 def test_make_item_draws_other_questions_from_streams_of_their_own():
     assert make_item("mcq", 7, 60, question=0) == make_item("mcq", 7, 60)
     spec, item = make_item("mcq", 7, 60, question=2)

@@ -92,8 +92,9 @@ class SynthDataset:
     With ``spec.kind`` an mcq seed asks that kind of question where its video has one, and a random
     kind otherwise, so a needle dataset of long videos holds needles in about half its samples.
     With ``spec.questions`` n > 1 a sample asks up to n different questions on its video, one turn each
-    (the first as with n = 1, then random kinds): n answers for the price of one video's tokens. The
-    first question's last token steers attention-guided TransV, as its instruction.
+    (the first as with n = 1, then random kinds, or ``spec.kind`` again with ``spec.same_kind``): n answers
+    for the price of one video's tokens. The first question's last token steers attention-guided TransV, as
+    its instruction.
     """
 
     def __init__(self, name: str, spec: SynthConfig, *, tokenize: Tokenize, tokens_per_frame: int,
@@ -121,11 +122,12 @@ class SynthDataset:
         for repeats, and a video with fewer questions gets fewer."""
         video, first = self.item(index)
         s, items = self.spec, [first]
+        kind = s.kind if s.same_kind and first.get("kind") == s.kind else None
         asked = {_fact(first)}
         for question in range(1, 4 * s.questions):
             if len(items) == s.questions:
                 break
-            _, item = make_item(s.task, video.seed, video.frames, s.size, question=question)
+            _, item = make_item(s.task, video.seed, video.frames, s.size, kind, question)
             fact = _fact(item)
             if fact not in asked:
                 asked.add(fact)

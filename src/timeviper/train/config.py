@@ -140,6 +140,7 @@ class SynthConfig:
     size: int = 64  # frame side in pixels
     kind: str | None = None  # mcq: ask this kind of question (e.g. needle) where the video has one
     questions: int = 1  # mcq, tvg: up to this many different questions on each video, as turns of one sample
+    same_kind: bool = False  # mcq with kind: every question of a sample asks that kind, not only the first
     mcq_answer: str = "letter"  # mcq: answer "B", or "option": "blue circle (B)", the option named before its letter
 
     def __post_init__(self):
@@ -163,6 +164,7 @@ class SynthConfig:
             "kind",
             f"is for mcq only, one of {', '.join(MCQ_KINDS)}; got {self.kind!r} for {self.task}",
         )
+        _require(not self.same_kind or self.kind is not None, "same_kind", "needs a kind to ask")
         _require(
             isinstance(self.questions, int) and self.questions >= 1 and (self.questions == 1 or self.task != "caption"),
             "questions",
