@@ -28,7 +28,7 @@ from timeviper.errors import ConfigError
 from timeviper.eval import runner
 from timeviper.eval.metrics import parse_option_letter
 from timeviper.synth import make_item
-from timeviper.synth.tasks import LETTERS
+from timeviper.synth.tasks import LETTERS, motion_question
 from timeviper.synth.world import MOTIONS
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "embedded_quality.json"
@@ -39,7 +39,7 @@ TRAIN_SEEDS, TEST_SEEDS = range(800000, 900000), range(1100000, 1200000)
 def asked(spec, item: dict):
     """The (scene, actor) a motion question asks about."""
     return next((s, a) for s in spec.scenes for a in s.actors
-                if item["question"] == f"Which way does the {a.obj} move on the {s.background} background?")
+                if item["question"] == motion_question(a.obj, s.background))
 
 
 def motion_items(seeds, n, frames=lambda seed: 12, min_seconds=3):

@@ -39,6 +39,10 @@ def article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
+def motion_question(obj: str, background: str) -> str:
+    return f"Which way does the {obj} move on the {background} background?"
+
+
 def caption_text(spec: VideoSpec) -> str:
     return " ".join(
         f"Scene {i}: {article(scene.background)} background with "
@@ -109,7 +113,7 @@ def _mcq_questions(spec: VideoSpec) -> dict[str, list[Question]]:
             for o, n in count.items()
         ],
         "motion": [
-            Question(f"Which way does the {a.obj} move on the {s.background} background?", a.motion, MOTIONS, [])
+            Question(motion_question(a.obj, s.background), a.motion, MOTIONS, [])
             for s, a in events
             if a.end - a.start > 1 and pairs.count((s.background, a.obj)) == 1
         ],
