@@ -45,24 +45,25 @@ def grow(model: TimeViper, inserts: dict[int, str], seed: int = 0) -> TimeViper:
         if i < len(old):
             moved.append(len(pattern))
             pattern += old[i]
-    transv = "-".join(f"{s.kind}_{moved[s.layer]}_{s.p:g}" for s in parse_transv(model.config.transv)) or "none"
+    specs = parse_transv(model.config.transv)
+    transv = "-".join(str(dataclasses.replace(s, layer=moved[s.layer])) for s in specs) or "none"
     config = dataclasses.replace(model.config, llm=dataclasses.replace(model.config.llm, pattern=pattern),
                                  transv=transv, extra=dict(model.config.extra))
     torch.manual_seed(seed)
     grown = TimeViper(config, model.tokenizer).to(model.dtype)
     renamed = {f"llm.layers.{i}.": f"llm.layers.{j}." for i, j in enumerate(moved)}
-    renamed |= {f"transv.{s.layer}.": f"transv.{moved[s.layer]}." for s in parse_transv(model.config.transv)}
+    renamed |= {f"transv.{s.layer}.": f"transv.{moved[s.layer]}." for s in specs}
     weights = {}
     for name, tensor in model.state_dict().items():
         prefix = next((p for p in renamed if name.startswith(p)), "")
         weights[renamed.get(prefix, "") + name[len(prefix):]] = tensor
     new_layers = sorted(set(range(len(pattern))) - set(moved))
-    for j in new_layers:
-        weights[f"llm.layers.{j}.mixer.{OUTPUT_PROJECTION[pattern[j]]}.weight"] = torch.zeros_like(
-            grown.state_dict()[f"llm.layers.{j}.mixer.{OUTPUT_PROJECTION[pattern[j]]}.weight"])
     missing, unexpected = grown.load_state_dict(weights, strict=False)
     assert not unexpected, unexpected
     assert all(any(k.startswith(f"llm.layers.{j}.") for j in new_layers) for k in missing), missing
+    with torch.no_grad():
+        for j in new_layers:
+            getattr(grown.llm.layers[j].mixer, OUTPUT_PROJECTION[pattern[j]]).weight.zero_()
     return grown.eval()
 
 
