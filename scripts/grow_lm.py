@@ -12,11 +12,12 @@ before them. The way to more capacity for a model that training no longer improv
 import argparse
 import dataclasses
 import re
+from pathlib import Path
 
 import torch
 
 from timeviper import TimeViper
-from timeviper.errors import ConfigError
+from timeviper.errors import CheckpointError, ConfigError
 from timeviper.llm.config import MIXER_OF_SYMBOL
 from timeviper.transv import parse_transv
 
@@ -75,13 +76,15 @@ def main():
     p.add_argument("--model", default=None, help="a TimeViper directory (default: the embedded model)")
     p.add_argument("--seed", type=int, default=0, help="seed of the inserted blocks' fresh weights")
     args = p.parse_args()
+    if (Path(args.out) / "config.json").exists():
+        p.error(f"{args.out} already holds a model: give a new directory")
     try:
         inserts = dict(map(parse_insert, args.insert))
         if len(inserts) != len(args.insert):
             raise ConfigError("--insert names a layer twice: put all of its blocks in one, e.g. 9:M*-")
         model = TimeViper.from_pretrained(args.model)
         grown = grow(model, inserts, args.seed)
-    except ConfigError as e:
+    except (ConfigError, CheckpointError) as e:
         p.error(str(e))
     grown.save_pretrained(args.out)
     old, new = model.config, grown.config

@@ -133,6 +133,11 @@ def test_grow_lm_inserts_identity_blocks_and_moves_transv(tmp_path):
         grown.llm.layers[9].mixer.out_proj.weight.normal_(std=0.02)  # a trained block changes the answer
     assert not torch.allclose(grown.prefill(frame_chunks(video), item["question"])[1], logits[0], atol=1e-3)
 
+    again = subprocess.run([sys.executable, ROOT / "scripts" / "grow_lm.py", out, "--insert", "9:M"],
+                           capture_output=True, text=True)
+    assert again.returncode != 0 and "already holds a model" in again.stderr  # the first model is kept
+    assert TimeViper.from_pretrained(out, torch.float32).config.llm.pattern == "M-M-M*-M-M*-M-M*--"
+
     grow = load_script("grow_lm")
     with pytest.raises(ConfigError, match="layers 0..13"):
         grow.grow(shipped, {15: "M"})
