@@ -7,10 +7,12 @@ The starting point of a VLM run that reuses a trained vision front, e.g. the shi
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from timeviper import TimeViper
+from timeviper.errors import CheckpointError
 
 
 def main():
@@ -19,7 +21,12 @@ def main():
     p.add_argument("--model", default=None, help="a TimeViper directory (default: the embedded model)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh weights")
     args = p.parse_args()
-    trained = TimeViper.from_pretrained(args.model, dtype=torch.float32)
+    if (Path(args.out) / "config.json").exists():
+        p.error(f"{args.out} already holds a model: give a new directory")
+    try:
+        trained = TimeViper.from_pretrained(args.model, dtype=torch.float32)
+    except CheckpointError as e:
+        p.error(str(e))
     torch.manual_seed(args.seed)
     fresh = TimeViper(trained.config, trained.tokenizer)
     fresh.vision.load_state_dict(trained.vision.state_dict())

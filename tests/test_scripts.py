@@ -30,6 +30,14 @@ def test_fresh_lm_keeps_the_vision_front_and_renews_the_rest(tmp_path):
     model = TimeViper.from_pretrained(out, torch.float32)
     assert model.config.transv == TimeViper.from_pretrained(None, torch.float32).config.transv
 
+    for args, error in (([out], "already holds a model"), ([tmp_path / "new", "--model", tmp_path / "none"],
+                                                            "has no config.json")):
+        failed = subprocess.run([sys.executable, ROOT / "scripts" / "fresh_lm.py", *args], capture_output=True,
+                                text=True)
+        assert failed.returncode == 2 and error in failed.stderr and "Traceback" not in failed.stderr
+    kept = load_file(out / "model.safetensors")
+    assert all(torch.equal(kept[name], weight) for name, weight in fresh.items())  # the first model is kept
+
 
 @pytest.mark.parametrize("phases, name, weight, count", [
     (["embedded-motion-only"], "synth_motion_only", 1, 1),
