@@ -3,69 +3,15 @@
     python scripts/grow_lm.py OUT --insert 9:M*- [--insert 14:M-] [--model DIR] [--seed 0]
 
 `--insert I:SYMBOLS` puts blocks (M Mamba-2, * attention, - MLP) before the LM's layer I (I = its layer count: at
-the end). An inserted block's output projection starts at zero, so in a pre-norm residual stack (h + mixer(norm h))
-it adds nothing: the grown model answers as the one it grew from until training moves it, and its other weights
-(fresh, as in a new model) start learning once that projection does. TransV's layers move with the blocks inserted
-before them. The way to more capacity for a model that training no longer improves, without starting over.
+the end); timeviper.surgery.grow tells how they start as the identity and learn.
 """
 
 import argparse
-import dataclasses
-import re
 from pathlib import Path
-
-import torch
 
 from timeviper import TimeViper
 from timeviper.errors import CheckpointError, ConfigError
-from timeviper.llm.config import MIXER_OF_SYMBOL
-from timeviper.transv import parse_transv
-
-OUTPUT_PROJECTION = {"M": "out_proj", "*": "o_proj", "-": "down_proj"}  # the Linear that writes a block's output
-
-
-def parse_insert(text: str) -> tuple[int, str]:
-    """'9:M*-' -> (9, 'M*-')."""
-    match = re.fullmatch(r"(\d+):([M*-]+)", text.strip())
-    if not match:
-        raise ConfigError(f"bad --insert {text!r}: expected LAYER:SYMBOLS, e.g. 9:M*- (symbols "
-                          f"{', '.join(f'{s} {m}' for s, m in MIXER_OF_SYMBOL.items())})")
-    return int(match[1]), match[2]
-
-
-def grow(model: TimeViper, inserts: dict[int, str], seed: int = 0) -> TimeViper:
-    """`model` with `inserts[i]` placed before its LM layer i (i == layer count: after the last)."""
-    old = model.config.llm.pattern
-    bad = sorted(i for i in inserts if not 0 <= i <= len(old))
-    if bad:
-        raise ConfigError(f"cannot insert before layer(s) {bad}: the LM has layers 0..{len(old) - 1} "
-                          f"(insert at {len(old)} to append)")
-    pattern, moved = "", []  # moved[i]: the new index of old layer i
-    for i in range(len(old) + 1):
-        pattern += inserts.get(i, "")
-        if i < len(old):
-            moved.append(len(pattern))
-            pattern += old[i]
-    specs = parse_transv(model.config.transv)
-    transv = "-".join(str(dataclasses.replace(s, layer=moved[s.layer])) for s in specs) or "none"
-    config = dataclasses.replace(model.config, llm=dataclasses.replace(model.config.llm, pattern=pattern),
-                                 transv=transv, extra=dict(model.config.extra))
-    torch.manual_seed(seed)
-    grown = TimeViper(config, model.tokenizer).to(model.dtype)
-    renamed = {f"llm.layers.{i}.": f"llm.layers.{j}." for i, j in enumerate(moved)}
-    renamed |= {f"transv.{s.layer}.": f"transv.{moved[s.layer]}." for s in specs}
-    weights = {}
-    for name, tensor in model.state_dict().items():
-        prefix = next((p for p in renamed if name.startswith(p)), "")
-        weights[renamed.get(prefix, "") + name[len(prefix):]] = tensor
-    new_layers = sorted(set(range(len(pattern))) - set(moved))
-    missing, unexpected = grown.load_state_dict(weights, strict=False)
-    assert not unexpected, unexpected
-    assert all(any(k.startswith(f"llm.layers.{j}.") for j in new_layers) for k in missing), missing
-    with torch.no_grad():
-        for j in new_layers:
-            getattr(grown.llm.layers[j].mixer, OUTPUT_PROJECTION[pattern[j]]).weight.zero_()
-    return grown.eval()
+from timeviper.surgery import grow, parse_inserts
 
 
 def main():
@@ -79,9 +25,7 @@ def main():
     if (Path(args.out) / "config.json").exists():
         p.error(f"{args.out} already holds a model: give a new directory")
     try:
-        inserts = dict(map(parse_insert, args.insert))
-        if len(inserts) != len(args.insert):
-            raise ConfigError("--insert names a layer twice: put all of its blocks in one, e.g. 9:M*-")
+        inserts = parse_inserts(args.insert)
         model = TimeViper.from_pretrained(args.model)
         grown = grow(model, inserts, args.seed)
     except (ConfigError, CheckpointError) as e:

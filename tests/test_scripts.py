@@ -1,4 +1,4 @@
-"""scripts/fresh_lm.py, scripts/grow_lm.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions, and
+"""scripts/fresh_lm.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions, and
 the data lists that gpu_suite.sh's embedded step takes in place of a config's mix."""
 
 import subprocess
@@ -112,42 +112,3 @@ def test_the_selection_probe_maps_tokens_to_frames_and_steers_the_selection():
         seen["frames"] = torch.tensor([0, 0, 1, 1, 2, 2])
         dropped = engine.attention_drop(torch.tensor([9.0, 8, 7, 6, 0, 0]), 2 / 3)
     assert dropped.tolist() == [True, True, True, True, False, False]  # the rescored tokens are kept
-
-
-def test_grow_lm_inserts_identity_blocks_and_moves_transv(tmp_path):
-    from timeviper.data.synth_source import sample_video
-    from timeviper.errors import ConfigError
-    from timeviper.model import frame_chunks
-    from timeviper.synth import make_item
-
-    out = tmp_path / "grown"
-    subprocess.run([sys.executable, ROOT / "scripts" / "grow_lm.py", out, "--insert", "9:M*-", "--insert", "14:-"],
-                   check=True, capture_output=True)
-    shipped, grown = TimeViper.from_pretrained(None, torch.float32), TimeViper.from_pretrained(out, torch.float32)
-    assert grown.config.llm.pattern == "M-M-M*-M-M*-M-M*--"
-    assert grown.config.transv == "uni_2_0.5-attn_15_0.9"
-    old, new = shipped.state_dict(), grown.state_dict()
-    assert torch.equal(new["llm.layers.15.mixer.q_proj.weight"], old["llm.layers.12.mixer.q_proj.weight"])
-    assert torch.equal(new["transv.15.o_proj.weight"], old["transv.12.o_proj.weight"])
-    for name in ("9.mixer.out_proj", "10.mixer.o_proj", "11.mixer.down_proj", "17.mixer.down_proj"):
-        assert not new[f"llm.layers.{name}.weight"].any(), name
-    assert new["llm.layers.9.mixer.in_proj.weight"].std() > 0  # fresh, not zero: it learns once out_proj does
-
-    spec, item = make_item("mcq", 1100000, 24, 64)
-    video = sample_video(spec, None, "uniform")
-    logits = [model.prefill(frame_chunks(video), item["question"])[1] for model in (shipped, grown)]
-    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=1e-5)
-    with torch.no_grad():
-        grown.llm.layers[9].mixer.out_proj.weight.normal_(std=0.02)  # a trained block changes the answer
-    assert not torch.allclose(grown.prefill(frame_chunks(video), item["question"])[1], logits[0], atol=1e-3)
-
-    again = subprocess.run([sys.executable, ROOT / "scripts" / "grow_lm.py", out, "--insert", "9:M"],
-                           capture_output=True, text=True)
-    assert again.returncode != 0 and "already holds a model" in again.stderr  # the first model is kept
-    assert TimeViper.from_pretrained(out, torch.float32).config.llm.pattern == "M-M-M*-M-M*-M-M*--"
-
-    grow = load_script("grow_lm")
-    with pytest.raises(ConfigError, match="layers 0..13"):
-        grow.grow(shipped, {15: "M"})
-    with pytest.raises(ConfigError, match="LAYER:SYMBOLS"):
-        grow.parse_insert("9:MX")
