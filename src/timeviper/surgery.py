@@ -8,7 +8,7 @@ before them. The way to more capacity for a model that training no longer improv
 
 blend: every weight the two share becomes alpha * tuned + (1 - alpha) * base (weight-space ensembling, as
 WiSE-FT, Wortsman et al. 2022); blocks that `grow` inserted have no counterpart in the base and are kept as tuned.
-Further training on short videos can cost what a model read far past them; the blend keeps much of both.
+Further training on short videos can cost what a model read far past them; alpha trades the one for the other.
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ def blend(tuned: TimeViper, base: TimeViper, alpha: float, inserts: dict[int, st
     pattern, moved = grown_pattern(base.config.llm.pattern, inserts or {})
     if pattern != tuned.config.llm.pattern:
         grown = f" grown by {inserts}" if inserts else ""
-        raise ConfigError(f"the base's LM{grown} has layers {pattern!r}, the tuned model's {tuned.config.llm.pattern!r}: "
-                          "blend a model with the one it was trained from (and the same inserts)")
+        raise ConfigError(f"the base's LM{grown} has layers {pattern!r}, the tuned model's "
+                          f"{tuned.config.llm.pattern!r}: blend a model with the one it was trained from "
+                          "(and the same inserts)")
     shared = renamed_weights(base, moved)
     own = tuned.state_dict()
     for name, weight in shared.items():
