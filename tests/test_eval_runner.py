@@ -108,6 +108,18 @@ def test_shards_resume_and_metrics(tvg_root, model_dir, tmp_path, monkeypatch, c
     assert evaluate(tvg_root, out, model_dir, "--shard", "0/2") == 0 and len(calls) == 1
 
 
+def test_search_grounds_every_frame_and_an_output_keeps_one_mode(tvg_root, model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert evaluate(tvg_root, out, model_dir, "--search", "--max-frames", "4") == 0
+    predictions = read_jsonl(out / "predictions.jsonl")
+    items = load_items(tvg_root, "tvg")
+    assert [p["frames"] for p in predictions] == [round(i["duration"]) for i in items]  # not 4: every frame
+    assert all("search" in p for p in predictions)
+    capsys.readouterr()
+    assert evaluate(tvg_root, out, model_dir) == 1  # resuming it in single-pass mode would mix the two
+    assert "made with --search" in capsys.readouterr().err and len(read_jsonl(out / "predictions.jsonl")) == 5
+
+
 def test_one_shard_writes_metrics_json(tmp_path, model_dir):
     make_synth("mcq", range(1_100_000, 1_100_003), 8, tmp_path / "data", size=32)
     assert main(["eval", "synth-mcq", "--data-root", str(tmp_path / "data"), "--output", str(tmp_path / "out"),

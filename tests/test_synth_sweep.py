@@ -24,9 +24,9 @@ def calls(monkeypatch):
     """(model, item, frames) of every prediction the sweep makes (each still made by runner.predict)."""
     seen, real = [], runner.predict
 
-    def spy(model, video, item, *args):
+    def spy(model, video, item, *args, **kwargs):
         seen.append((model, item, video))
-        return real(model, video, item, *args)
+        return real(model, video, item, *args, **kwargs)
 
     monkeypatch.setattr(runner, "predict", spy)
     return seen
@@ -90,11 +90,11 @@ def test_a_killed_run_keeps_its_cells_and_a_rerun_does_the_rest(model_dir, tmp_p
     out, args = tmp_path / "sweep.json", ("--tasks", "mcq", "--items", "2", "--transv", "default,none")
     calls, real = [], runner.predict
 
-    def predict(model, video, item):
+    def predict(model, video, item, **kwargs):
         calls.append((model.config.transv, item["frames"]))
         if len(calls) == 3:
             raise Killed  # in the second cell
-        return real(model, video, item)
+        return real(model, video, item, **kwargs)
 
     def keys():
         return [(c["transv"], c["frames"]) for c in json.loads(out.read_text())["cells"]]
@@ -152,6 +152,7 @@ def test_logn_length_is_applied_and_recorded(model_dir, tmp_path, calls):
     (["--size", "8"], "--size must be an integer >= 16"),
     (["--tasks", "mcq,needle", "--frames", "200,60"], "at least 120 frames"),
     (["--transv", "default,uni_0"], "bad TransV spec 'uni_0'"),
+    (["--tvg-search", "--max-frames", "4"], "drop --max-frames"),
 ])
 def test_bad_arguments(model_dir, tmp_path, capsys, argv, message):
     assert sweep(model_dir, tmp_path / "sweep.json", "--tasks", "mcq", "--frames", "8", "--items", "1", *argv) == 1
@@ -187,3 +188,18 @@ def test_validation_seeds_are_asked_and_recorded(model_dir, tmp_path, calls):
     assert results["settings"]["split"] == "validation"
     assert results["cells"][0]["seeds"] == [1_000_000, 1_000_001] == [item["seed"] for _, item, _ in calls]
     assert sweep(model_dir, out, *args) == 1  # test seeds into a file of validation ones: refused
+
+
+def test_tvg_search_grounds_by_search_and_is_recorded(model_dir, tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from timeviper import grounding
+
+    searched, real = [], grounding.search
+    monkeypatch.setattr(grounding, "search", lambda *a, **k: searched.append(a[2]) or real(*a, **k))
+    out, args = tmp_path / "sweep.json", ("--tasks", "tvg,mcq", "--frames", "8", "--items", "2", "--transv", "none")
+    assert sweep(model_dir, out, *args, "--tvg-search") == 0
+    results = json.loads(out.read_text())
+    assert results["settings"]["tvg_search"] == asdict(grounding.SearchConfig())
+    assert searched == [make_item("tvg", seed, 8, 32)[1]["query"] for seed in (FIRST_TEST_SEED, FIRST_TEST_SEED + 1)]
+    assert sweep(model_dir, out, *args) == 1  # single-pass grounding into a file of searched: refused

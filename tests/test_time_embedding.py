@@ -90,8 +90,8 @@ def test_frames_carry_their_own_times_through_every_source(tokenizer, monkeypatc
     """Chunks continue each other's times; a Video's timestamps (e.g. uniformly sampled) are the ones used."""
     model = timed_model(tokenizer)
     seen = []
-    real = model.projector.forward
-    monkeypatch.setattr(model.projector, "forward", lambda f, t=None: seen.append(t.tolist()) or real(f, t))
+    real = model.projector.time.forward
+    monkeypatch.setattr(model.projector.time, "forward", lambda t: seen.append(t.tolist()) or real(t))
     video = frames(6)
     whole = model.chat(video, "What is shown?", max_new_tokens=6)
     assert model.chat(video, "What is shown?", max_new_tokens=6, chunk_frames=4) == whole

@@ -89,11 +89,46 @@ def cmd_ground(args) -> None:
     from timeviper.eval.metrics import parse_time_span
     from timeviper.prompts import grounding_prompt
 
+    if args.search:
+        return ground_by_search(args)
     text, frames, seconds = answer(args, grounding_prompt(args.query))
     span = parse_time_span(text)
     result = {"start": span and span[0], "end": span and span[1], "raw": text, "frames": frames,
               "seconds": round(seconds, 3)}
     emit(args, result, f"{span[0]:.1f} - {span[1]:.1f} seconds" if span else f"(no time span in: {text!r})")
+
+
+def ground_by_search(args) -> None:
+    """`ground --search`: timeviper.grounding.search, with a bar for the frames and one for the windows."""
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from timeviper.errors import ConfigError
+    from timeviper.grounding import SearchConfig, search
+    from timeviper.model import frame_chunks
+
+    if args.max_frames is not None:
+        raise ConfigError("ground --search reads every frame at --fps (its windows are seconds of video): "
+                          "drop --max-frames")
+    config = SearchConfig(args.window, args.stride, args.samples, max_new_tokens=args.max_new_tokens)
+    frame_chunks(args.video, args.fps)  # opens it: a bad file fails before the model loads
+    model = load_model(args)
+    start = time.perf_counter()
+    with tqdm(desc="frames", unit="frame", disable=args.quiet, file=sys.stderr, leave=False) as frames, \
+            tqdm(desc="windows", unit="window", disable=args.quiet, file=sys.stderr, leave=False) as windows:
+        def window_done(done: int, total: int) -> None:
+            windows.total = total
+            windows.update(done - windows.n)
+
+        found = search(model, args.video, args.query, config, args.fps, args.chunk_frames, frames.update, window_done)
+    best = found.best
+    result = {"start": found.start, "end": found.end, "frames": found.frames,
+              "seconds": round(time.perf_counter() - start, 3), "search": asdict(config),
+              "best": best and {"window": best.window, "consensus": round(best.consensus, 4),
+                                "support": round(best.support, 4)}}
+    emit(args, result,
+         f"{found.start:.1f} - {found.end:.1f} seconds" if best else "(no window's answers held a time span)")
 
 
 def cmd_caption(args) -> None:
@@ -200,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ground", help="find when something happens (start and end in seconds)")
     video_args(p)
     p.add_argument("query")
+    p.add_argument("--search", action="store_true",
+                   help="coarse-to-fine: sample answers of the whole video and of short windows, and pick the window "
+                        "answer that agrees with both (timeviper.grounding; slower, better on long videos)")
+    p.add_argument("--window", type=float, default=16.0, help="with --search: seconds a window reads")
+    p.add_argument("--stride", type=float, default=4.0, help="with --search: seconds between windows")
+    p.add_argument("--samples", type=int, default=16, help="with --search: answers sampled per window")
     p.set_defaults(run=cmd_ground)
 
     p = sub.add_parser("caption", help="describe a video in detail")
@@ -260,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transv", default=None)
     logn_arg(p)
     p.add_argument("--device", default=None)
+    p.add_argument("--search", action="store_true",
+                   help="ground by timeviper.grounding.search (default settings; every frame at 1 fps)")
     p.set_defaults(run=cmd_eval)
     return parser
 

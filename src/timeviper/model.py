@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from timeviper import engine
 from timeviper.errors import CheckpointError, ConfigError
 from timeviper.llm import HybridLM
+from timeviper.llm.cache import Cache
 from timeviper.llm.config import LMConfig
 from timeviper.llm.hf_io import config_from_hf, config_to_hf, load_weights, write_json, write_safetensors
 from timeviper.llm.model import matmul_params
@@ -130,20 +131,26 @@ class TimeViper(nn.Module):
     def embed_frames(self, videos: Tensor | Sequence[Tensor], times: Tensor | Sequence[Tensor] | None = None) -> Tensor:
         """uint8 frames [F, H, W, 3], or several videos of such frames (of any sizes), with the times they were
         shown (seconds [F] each; needed when the model embeds time) -> vision tokens [(sum of F) * tokens_per_frame,
-        C], in order.
-
-        The encoder and projector take frames of VISION_CHUNK_ELEMENTS patch features at a time (64 so400m
-        frames, thousands of small ones), cut across videos, so that many short videos cost few large steps.
-        """
+        C], in order."""
         videos = [videos] if isinstance(videos, Tensor) else list(videos)
         if times is not None:
             times = [times] if isinstance(times, Tensor) else list(times)
             if [len(t) for t in times] != [len(v) for v in videos]:
                 raise ConfigError(f"frame times of lengths {[len(t) for t in times]} for videos of "
                                   f"{[len(v) for v in videos]} frames")
-            times = torch.cat(times).to(self.device)  # [sum of F], cut below as the frames are
+            times = torch.cat(times)
         elif self.projector.time is not None:
             raise ConfigError("this model embeds frame times (time_period is set): pass the frames' times")
+        return self.add_frame_times(self.frame_tokens(videos), times).flatten(0, 1)
+
+    def frame_tokens(self, videos: Tensor | Sequence[Tensor]) -> Tensor:
+        """What frames show, without when: uint8 frames [F, H, W, 3] (or several videos of them) -> vision tokens
+        [sum of F, tokens_per_frame, C]; add_frame_times adds the time term of a model that embeds time.
+
+        The encoder and projector take frames of VISION_CHUNK_ELEMENTS patch features at a time (64 so400m
+        frames, thousands of small ones), cut across videos, so that many short videos cost few large steps.
+        """
+        videos = [videos] if isinstance(videos, Tensor) else list(videos)
         per_frame = self.vision.num_patches * self.vision.config.hidden_size
         step = max(1, VISION_CHUNK_ELEMENTS // per_frame)  # frames per chunk
         starts = [0, *itertools.accumulate(len(v) for v in videos)]
@@ -155,9 +162,13 @@ class TimeViper(nn.Module):
                 preprocess_frames(torch.cat(list(run)), size=self.vision.config.image_size, dtype=self.dtype,
                                   device=self.device)
                 for _, run in itertools.groupby(parts, key=lambda part: part.shape[1:])])
-            chunk_times = None if times is None else times[a:a + step]
-            tokens.append(self.projector(self.vision.encode(pixels, step), chunk_times).flatten(0, 1))
+            tokens.append(self.projector(self.vision.encode(pixels, step)))
         return torch.cat(tokens)
+
+    def add_frame_times(self, tokens: Tensor, times: Tensor | None) -> Tensor:
+        """Vision tokens [F, n, C] of frame_tokens and the times their frames were shown (seconds [F]) -> the
+        tokens the model reads: with the projector's time term added, if it has one (else as they are)."""
+        return self.projector.add_times(tokens, None if times is None else times.to(self.device))
 
     def _vision_stream(self, chunks: Iterable, on_frames: Callable[[int], None] | None) -> Iterator[Tensor]:
         """Vision tokens [1, n, C] of each chunk: a timeviper.video.Video (frames and their timestamps) or a
@@ -265,13 +276,19 @@ class TimeViper(nn.Module):
     def prefill(self, frame_chunks: Iterable, instruction: str, progress=None):
         """Prefill one request, its frames in chunks (see _vision_stream): returns (cache, logits of the next
         token [1, V])."""
+        return self.prefill_tokens(self._vision_stream(frame_chunks, progress), instruction)
+
+    @torch.inference_mode()
+    def prefill_tokens(self, vision: Iterable[Tensor], instruction: str):
+        """Prefill from vision tokens already made (chunks [1, n, C] of embed_frames' or add_frame_times' output,
+        in order): returns (cache, logits of the next token [1, V])."""
         tok = self._require_tokenizer()
         enc = encode_prompt(tok, instruction, self.config.system_prompt)
         ids = torch.tensor(enc.ids, device=self.device)[None]
         embed = self.llm.embed_tokens(ids)
         cache = self.llm.new_cache(1)
-        logits = engine.prefill(self.llm, self.transv_layers, embed[:, :enc.vision_at],
-                                self._vision_stream(frame_chunks, progress), embed[:, enc.vision_at:], cache)
+        logits = engine.prefill(self.llm, self.transv_layers, embed[:, :enc.vision_at], vision,
+                                embed[:, enc.vision_at:], cache)
         return cache, logits
 
     @torch.inference_mode()
@@ -281,16 +298,24 @@ class TimeViper(nn.Module):
         """Answer a batch of (frame chunks, instruction) requests; videos may differ in length.
 
         Each request is prefilled on its own (long videos stream chunk by chunk), then all are decoded
-        together from one padded cache. Generation ends at the template's end-of-turn token, at
-        `max_new_tokens`, or at any string of `stop` (cut from the answer).
+        together (see decode).
+        """
+        prefilled = [self.prefill(frames, instruction, progress) for frames, instruction in requests]
+        return self.decode(prefilled, max_new_tokens, temperature, top_p, seed, stop)
+
+    @torch.inference_mode()
+    def decode(self, prefilled: list[tuple[Cache, Tensor]], max_new_tokens: int = 256, temperature: float = 0.0,
+               top_p: float = 1.0, seed: int | None = None, stop: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """The answers to prefilled requests ((cache, logits) of prefill or prefill_tokens), decoded together
+        from one padded cache (a lone request decodes in its own, which it uses up); a request listed n times is
+        answered n times (n samples at temperature > 0).
+
+        Generation ends at the template's end-of-turn token, at `max_new_tokens`, or at any string of `stop`
+        (cut from the answer).
         """
         tok = self._require_tokenizer()
-        caches, firsts = [], []
-        for frames, instruction in requests:
-            cache, logits = self.prefill(frames, instruction, progress)
-            caches.append(cache)
-            firsts.append(logits)
-        cache = caches[0] if len(caches) == 1 else type(caches[0]).stack(caches, extra=max_new_tokens)
+        caches, firsts = zip(*prefilled)
+        cache = caches[0] if len(caches) == 1 else Cache.stack(list(caches), extra=max_new_tokens)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
         stop_ids = {tok.stop_id} if tok.stop_id is not None else set()
         stop_when = (lambda ids: any(s in tok.decode(ids[-32:]) for s in stop)) if stop else None

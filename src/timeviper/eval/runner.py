@@ -2,6 +2,7 @@
 
     python -m timeviper.eval.runner make-synth --task mcq --seeds 1100000:1100200 --frames 256 --out data/synth-mcq
     timeviper eval synth-mcq --data-root data/synth-mcq --output runs/eval/synth-mcq [--shard 0/2]
+    timeviper eval synth-tvg --data-root data/synth-tvg --output runs/eval/synth-tvg-search --search
 
 A benchmark directory holds `items.jsonl`, one item per line: `id`, `video` (a path relative to the
 directory), `task` and the task's fields (FIELDS) — mcq: `question`, `options`, `answer` (a letter);
@@ -11,7 +12,9 @@ whose video has none are left out).
 
 Shard I of N takes items I, I + N, ...; its predictions go to OUTPUT/predictions.I-of-N.jsonl (just
 predictions.jsonl when N is 1), one line per item (id, answer | start, end | caption, the raw text,
-frames read, seconds), appended as they come, so a rerun skips the items already there. A run prints
+frames read, seconds), appended as they come, so a rerun skips the items already there. `--search` grounds tvg
+items by timeviper.grounding.search over every frame (--max-frames aside); its records add `search`, and an
+output holds predictions of one mode only. A run prints
 its shard's metrics (timeviper.eval.metrics.score) and writes them to metrics.I-of-N.json; once the
 shards together cover every item, metrics.json holds the metrics of all (for N = 1, at once).
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 from timeviper.data.synth_source import task_prompt
 from timeviper.errors import ConfigError, TimeViperError
 from timeviper.eval.metrics import load_records, parse_option_letter, parse_time_span, score
+from timeviper.grounding import SearchConfig
 
 BENCHMARKS = {"synth-mcq": "mcq", "synth-tvg": "tvg", "synth-caption": "caption", "synth-needle": "mcq"}
 FIELDS = {"mcq": ("question", "options", "answer"), "tvg": ("query", "start", "end"), "caption": ("caption",)}
@@ -44,9 +48,12 @@ def parse_answer(task: str, text: str) -> dict:
     return {"caption": text}
 
 
-def predict(model, video, item: dict, max_frames: int | None = None, sampling: str = "uniform") -> dict:
+def predict(model, video, item: dict, max_frames: int | None = None, sampling: str = "uniform",
+            search=None) -> dict:
     """Ask `model` the item's question about `video` (a path, a decoded timeviper.video.Video or uint8 frames
-    shown once a second): its prediction record."""
+    shown once a second): its prediction record. With `search` (a timeviper.grounding.SearchConfig) a tvg item
+    is grounded by timeviper.grounding.search, over every frame; its record adds the best window's `search`
+    scores, and `raw` is the span it found."""
     from timeviper.model import frame_chunks
 
     frames = 0
@@ -56,9 +63,19 @@ def predict(model, video, item: dict, max_frames: int | None = None, sampling: s
         frames += n
 
     start = time.perf_counter()
-    chunks = frame_chunks(video, max_frames=max_frames, sampling=sampling)
-    text = model.generate([(chunks, task_prompt(item))], max_new_tokens=MAX_NEW_TOKENS[item["task"]], progress=count)[0]
-    return {"id": item["id"], **parse_answer(item["task"], text), "raw": text, "frames": frames,
+    if search is not None and item["task"] == "tvg":
+        from timeviper.grounding import search as ground
+
+        best = ground(model, video, item["query"], search, on_frames=count).best
+        text = f"{best.start:.1f} - {best.end:.1f} seconds" if best else ""
+        found = {"search": best and {"window": best.window, "consensus": round(best.consensus, 4),
+                                     "support": round(best.support, 4)}}
+    else:
+        chunks = frame_chunks(video, max_frames=max_frames, sampling=sampling)
+        text = model.generate([(chunks, task_prompt(item))], max_new_tokens=MAX_NEW_TOKENS[item["task"]],
+                              progress=count)[0]
+        found = {}
+    return {"id": item["id"], **parse_answer(item["task"], text), "raw": text, **found, "frames": frames,
             "seconds": round(time.perf_counter() - start, 3)}
 
 
@@ -128,6 +145,10 @@ def run_benchmark(args) -> None:
     suffix = "" if count == 1 else f".{index}-of-{count}"
     path = out / f"predictions{suffix}.jsonl"
     done = read_predictions(path, {item["id"] for item in mine})
+    search = SearchConfig() if args.search and task == "tvg" else None
+    if any(("search" in r) != (search is not None) for r in done.values()):
+        raise ConfigError(f"{path} holds predictions made {'without' if search else 'with'} --search: "
+                          "use the same mode or another --output")
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in done.values()))  # drop a torn last line
     todo = [item for item in mine if item["id"] not in done]
     if todo:
@@ -137,7 +158,8 @@ def run_benchmark(args) -> None:
         root = Path(args.data_root)
         with open(path, "a") as f:
             for item in tqdm(todo, desc=args.benchmark, total=len(mine), initial=len(done), file=sys.stderr):
-                record = predict(model, str(root / item["video"]), item, args.max_frames, args.sampling)
+                record = predict(model, str(root / item["video"]), item, None if search else args.max_frames,
+                                 args.sampling, search)
                 f.write(json.dumps(record) + "\n")
                 f.flush()
                 done[item["id"]] = record

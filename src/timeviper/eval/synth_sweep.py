@@ -17,7 +17,7 @@ switching.
 OUT is JSON, rewritten after each cell, so a rerun with the same OUT skips the cells it holds (its
 settings must match):
 
-    {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"][, "split"]},
+    {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"][, "split"][, "tvg_search"]},
      "cells": [{"transv", "spec", "task", "frames", "n", "metrics", "seconds", "seconds_per_item",
                 "frames_per_item", "seeds", "responses"}, ...]}
 
@@ -32,6 +32,7 @@ import argparse
 import itertools
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from timeviper.cli import logn_arg
@@ -39,6 +40,7 @@ from timeviper.data.synth_source import sample_video
 from timeviper.errors import ConfigError, TimeViperError
 from timeviper.eval import runner
 from timeviper.eval.metrics import score
+from timeviper.grounding import SearchConfig
 from timeviper.synth import make_item, make_video, split_range
 from timeviper.synth.world import MIN_SIZE, NEEDLE_MIN_FRAMES, check_int
 from timeviper.transv import parse_transv
@@ -75,6 +77,8 @@ def parse_grid(args) -> tuple[list[str], list[str], list[int]]:
         check_int(flag, value, least)
     if args.max_frames is not None:
         check_int("--max-frames", args.max_frames, 1)
+        if args.tvg_search:
+            raise ConfigError("--tvg-search reads every frame (its windows are seconds of video): drop --max-frames")
     return transv, tasks, lengths
 
 
@@ -92,7 +96,8 @@ def run_cell(model, task: str, frames: int, args, bar) -> dict:
     items = sweep_items(task, frames, args.items, args.seed_offset, args.size, args.split)
     records = []
     for spec, item in items:
-        records.append(runner.predict(model, sample_video(spec, args.max_frames, "uniform"), item))
+        records.append(runner.predict(model, sample_video(spec, args.max_frames, "uniform"), item,
+                                      search=SearchConfig() if args.tvg_search else None))
         bar.update()
     seconds = sum(r["seconds"] for r in records)
     return {"spec": model.config.transv, "task": task, "frames": frames, "n": len(records),
@@ -138,6 +143,8 @@ def sweep(args) -> list[dict]:
         settings["logn_length"] = args.logn_length
     if args.split != "test":  # (nor do files of test seeds)
         settings["split"] = args.split
+    if args.tvg_search:  # (nor do files of single-pass grounding)
+        settings["tvg_search"] = asdict(SearchConfig())
     out = Path(args.out)
     results = load_results(out, settings)
     found = {cell_key(cell): cell for cell in results["cells"]}
@@ -200,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of TransV specs; default: the model's own, none: off")
     logn_arg(parser)
     parser.add_argument("--max-frames", type=int, help="frames read per video, spread uniformly (default: all)")
+    parser.add_argument("--tvg-search", action="store_true",
+                        help="ground tvg items by timeviper.grounding.search (its default settings), not one answer")
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
     parser.add_argument("--device", help="default: cuda if available (bf16), else cpu (fp32)")
     parser.add_argument("--out", required=True, help="results JSON; a rerun skips the cells it holds")

@@ -71,10 +71,14 @@ class Projector(nn.Module):
             raise ConfigError(f"features must be [frames, >= {self.num_tokens} patches, "
                               f"{self.mlp[0].in_features}], got {tuple(features.shape)}")
         merged, _ = merge_tokens(features, self.num_tokens)  # [F, num_tokens, vision_dim]
-        tokens = self.mlp(merged.to(self.mlp[0].weight.dtype))  # [F, num_tokens, llm_dim]
-        if self.time is None or times is None:  # no time term: what the frames show alone
+        return self.add_times(self.mlp(merged.to(self.mlp[0].weight.dtype)), times)  # [F, num_tokens, llm_dim]
+
+    def add_times(self, tokens: torch.Tensor, times: torch.Tensor | None) -> torch.Tensor:
+        """Tokens [F, n, llm_dim] with the time term of their frames' times [F] added (none without a time
+        embedding or without times: what the frames show alone)."""
+        if self.time is None or times is None:
             return tokens
-        if times.shape != features.shape[:1]:
-            raise ConfigError(f"this projector embeds frame times: pass one time per frame ([{features.shape[0]}]), "
+        if times.shape != tokens.shape[:1]:
+            raise ConfigError(f"this projector embeds frame times: pass one time per frame ([{tokens.shape[0]}]), "
                               f"got {tuple(times.shape)}")
         return tokens + self.time(times)[:, None]  # [F, 1, llm_dim] onto each of the frame's tokens

@@ -1,0 +1,158 @@
+"""Coarse-to-fine temporal grounding: the whole video says roughly where an event is, short windows say exactly.
+
+A model trained on videos of many lengths grounds short ones far better than long ones (the embedded model:
+mIoU 0.98 on 16 s test videos, 0.34 at 64 s). `search` spends more compute to ground as in a short video:
+
+1. the whole video is asked for the event `samples` times (sampling at temperature 1): a prior, where the model
+   thinks it may be;
+2. so is every window of `window` seconds, `stride` apart, each read alone as a video of its own (its frames'
+   times counted from its start). A window's answer is the sampled span that agrees most with the others (the
+   minimum-Bayes-risk choice under IoU); its consensus, that span's mean IoU with them;
+3. the answer is the window span of highest consensus + prior_weight * support, its mean IoU with the prior.
+
+Consensus alone does not tell the windows apart: a model that was only ever asked about events its video holds
+finds one in every window, often every time. Support alone is the whole video's blurred guess. Together they
+pick the window whose sharp answer lies where the whole video points.
+
+    found = search(model, "video.mp4", "the red circle moves left")
+    found.start, found.end  # seconds; found.candidates: every window's answer and scores
+
+The frames are encoded once, and each window re-times its frames' vision tokens (add_frame_times); a pass costs
+one prefill of its frames and one batched decode of `samples` answers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from timeviper.errors import ConfigError
+from timeviper.eval.metrics import parse_time_span, temporal_iou
+from timeviper.prompts import grounding_prompt
+from timeviper.synth.world import check_int
+
+TimeSpan = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    window: float = 16.0  # seconds a window reads (the embedded model grounds 16 s videos best)
+    stride: float = 4.0  # seconds between windows' starts
+    samples: int = 16  # answers sampled per pass
+    prior_weight: float = 1.0  # weight of the whole video's support against a window's consensus
+    seed: int = 0  # of the sampling (the pass's index is added)
+    max_new_tokens: int = 24
+
+    def __post_init__(self):
+        for name in ("window", "stride", "prior_weight"):
+            value = getattr(self, name)
+            least = 0 if name == "prior_weight" else math.ulp(0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value < math.inf:
+                raise ConfigError(f"grounding search: {name} must be a number {'>= 0' if least == 0 else '> 0'}, "
+                                  f"got {value!r}")
+        for name, least in (("samples", 2), ("seed", 0), ("max_new_tokens", 1)):
+            check_int(f"grounding search: {name}", getattr(self, name), least)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    start: float  # seconds of the whole video
+    end: float
+    window: float  # the second at which its window starts
+    consensus: float  # mean IoU of the span with its window's samples
+    support: float  # mean IoU of the span with the whole video's samples
+    score: float  # consensus + prior_weight * support
+
+
+@dataclass(frozen=True)
+class Grounding:
+    best: Candidate | None  # the answer; None if no window's answers held a time span
+    candidates: list[Candidate]  # one per window with an answer, in the windows' order
+    prior: list[TimeSpan | None]  # the whole video's sampled spans
+    frames: int  # frames read
+
+    @property
+    def start(self) -> float | None:
+        return self.best and self.best.start
+
+    @property
+    def end(self) -> float | None:
+        return self.best and self.best.end
+
+
+def consensus_span(spans: list[TimeSpan | None]) -> tuple[TimeSpan | None, float]:
+    """The span that agrees most with the others (highest total IoU; the first of ties) and its mean IoU with all
+    of them, itself included; a sample without a span agrees with none."""
+    found = [s for s in spans if s is not None]
+    if not found:
+        return None, 0.0
+    best = max(found, key=lambda a: sum(temporal_iou(a, b) for b in found))
+    return best, sum(temporal_iou(best, b) for b in found) / len(spans)
+
+
+def support(span: TimeSpan, prior: list[TimeSpan | None]) -> float:
+    """Mean IoU of `span` with the prior's samples (one without a span counts 0)."""
+    return sum(temporal_iou(span, p) for p in prior if p is not None) / len(prior)
+
+
+def window_starts(duration: float, window: float, stride: float) -> list[float]:
+    """Starts of windows `stride` apart, the last ending at `duration` (one window if the video is shorter)."""
+    last = max(duration - window, 0.0)
+    return [min(i * stride, last) for i in range(math.ceil(last / stride - 1e-9) + 1)]
+
+
+def _chunks(model, tokens: Tensor, times: Tensor, chunk_frames: int) -> Iterator[Tensor]:
+    """Vision tokens [F, n, C] of frames shown at `times` [F] -> the model's input, [1, frames * n, C] a chunk."""
+    for a in range(0, len(tokens), chunk_frames):
+        yield model.add_frame_times(tokens[a:a + chunk_frames], times[a:a + chunk_frames]).flatten(0, 1)[None]
+
+
+def search(model, video, query: str, config: SearchConfig = SearchConfig(), fps: float = 1.0, chunk_frames: int = 256,
+           on_frames: Callable[[int], None] | None = None,
+           on_window: Callable[[int, int], None] | None = None) -> Grounding:
+    """When `query` happens in `video` (a path, a decoded timeviper.video.Video, or uint8 frames [T, H, W, 3] taken
+    as sampled at `fps`), by the search above. `on_frames(n)` is told of frames encoded, `on_window(i, total)` of
+    windows done."""
+    from timeviper.model import frame_chunks
+
+    tokens, times = [], []
+    for chunk in frame_chunks(video, fps, chunk_frames=chunk_frames):
+        with torch.inference_mode():
+            tokens.append(model.frame_tokens(chunk.frames))  # [f, n, C]
+        times.append(torch.as_tensor(chunk.timestamps, dtype=torch.float64))
+        if on_frames is not None:
+            on_frames(len(chunk.frames))
+    if not times or not sum(map(len, times)):
+        raise ConfigError("grounding search: the video has no frames")
+    tokens, times = torch.cat(tokens), torch.cat(times)  # [F, n, C], [F] seconds, ascending
+    instruction = grounding_prompt(query)
+
+    def sampled_spans(a: int, b: int, shown: Tensor, seed: int) -> list[TimeSpan | None]:
+        """The spans of `samples` answers about frames [a, b), shown at `shown` [b - a] seconds."""
+        prefilled = model.prefill_tokens(_chunks(model, tokens[a:b], shown, chunk_frames), instruction)
+        texts = model.decode([prefilled] * config.samples, config.max_new_tokens, temperature=1.0, seed=seed)
+        return [parse_time_span(t) for t in texts]
+
+    prior = sampled_spans(0, len(times), times, config.seed)
+    duration = float(times[-1]) + 1 / fps
+    starts = window_starts(duration, config.window, config.stride)
+    bounds = torch.searchsorted(times, torch.tensor(starts, dtype=times.dtype)[:, None]
+                                + torch.tensor([0.0, config.window], dtype=times.dtype))  # [windows, 2]
+    candidates = []
+    for i, (start, (a, b)) in enumerate(zip(starts, bounds.tolist())):
+        if b > a:
+            length = min(config.window, duration - start)  # spans are clipped to the window
+            spans = [s and (min(max(s[0], 0.0), length), min(s[1], length))
+                     for s in sampled_spans(a, b, times[a:b] - start, config.seed + 1 + i)]
+            span, consensus = consensus_span(spans)
+            if span is not None:
+                span = (span[0] + start, span[1] + start)
+                agree = support(span, prior)
+                candidates.append(Candidate(*span, start, consensus, agree, consensus + config.prior_weight * agree))
+        if on_window is not None:
+            on_window(i + 1, len(starts))
+    return Grounding(max(candidates, key=lambda c: c.score, default=None), candidates, prior, len(times))
