@@ -3,7 +3,7 @@ settings): the mIoU of its answer under several prior weights, of the best of it
 whole video's answers: the greedy one, the minimum-Bayes-risk choice of the sampled ones, the best of them.
 
     python scripts/probe_grounding.py --frames 64 --items 100 --out runs/probe_grounding_64.json [--model DIR]
-        [--split validation|test] [--seed-offset K] [--window 16 --stride 4 --samples 16]
+        [--split validation|test] [--seed-offset K] [--window S --stride S --samples 16]
 
 OUT holds the settings, every video's spans and window scores (`rows`, rewritten after each video) and the table
 printed at the end (`summary`); any prior weight can be scored again from the rows.
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--split", choices=("validation", "test"), default="validation")
     parser.add_argument("--seed-offset", type=int, default=0)
-    parser.add_argument("--window", type=float, default=16.0)
-    parser.add_argument("--stride", type=float, default=4.0)
+    parser.add_argument("--window", type=float, help="seconds (default: a quarter of the video, at least 16)")
+    parser.add_argument("--stride", type=float, help="seconds (default: a quarter of a window)")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True)

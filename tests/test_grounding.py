@@ -33,6 +33,12 @@ def test_windows_cover_the_video_the_last_ending_at_its_end(duration, starts):
     assert window_starts(duration, 16, 4) == starts
 
 
+def test_windows_are_a_quarter_of_the_video_at_least_16_s_unless_set():
+    assert SearchConfig().windows(10) == (16, 4) and SearchConfig().windows(64) == (16, 4)
+    assert SearchConfig().windows(256) == (64, 16) and SearchConfig(stride=2).windows(256) == (64, 2)
+    assert SearchConfig(window=8).windows(256) == (8, 2) and SearchConfig(window=8, stride=3).windows(9) == (8, 3)
+
+
 @pytest.mark.parametrize("kwargs, message", [({"window": 0}, "window must be a number > 0"),
                                              ({"stride": -1.0}, "stride"), ({"samples": 1}, "samples"),
                                              ({"prior_weight": float("nan")}, "prior_weight"),
@@ -68,7 +74,7 @@ def test_search_asks_the_whole_video_and_every_window(tokenizer):  # noqa: F811
     model.prefill_tokens = lambda vision, instruction: asked.append(instruction) or real(vision, instruction)
     found = search(model, frames, "the red circle moves left", SearchConfig(window=4, stride=3, samples=3),
                    on_window=lambda i, n: windows.append((i, n)))
-    assert found.frames == 10 and len(found.prior) == 3
+    assert found.frames == 10 and len(found.prior) == 3 and (found.window, found.stride) == (4, 3)
     assert windows == [(1, 3), (2, 3), (3, 3)]  # windows at 0, 3 and 6 s, the last ending at 10 s
     assert len(asked) == 4 and len(set(asked)) == 1 and "the red circle moves left" in asked[0]
     for c in found.candidates:  # a random model's answers rarely hold spans; any that do are scored so

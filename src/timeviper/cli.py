@@ -124,7 +124,8 @@ def ground_by_search(args) -> None:
         found = search(model, args.video, args.query, config, args.fps, args.chunk_frames, frames.update, window_done)
     best = found.best
     result = {"start": found.start, "end": found.end, "frames": found.frames,
-              "seconds": round(time.perf_counter() - start, 3), "search": asdict(config),
+              "seconds": round(time.perf_counter() - start, 3),
+              "search": {**asdict(config), "window": found.window, "stride": found.stride},
               "best": best and {"window": best.window, "consensus": round(best.consensus, 4),
                                 "support": round(best.support, 4)}}
     emit(args, result,
@@ -238,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", action="store_true",
                    help="coarse-to-fine: sample answers of the whole video and of short windows, and pick the window "
                         "answer that agrees with both (timeviper.grounding; slower, better on long videos)")
-    p.add_argument("--window", type=float, default=16.0, help="with --search: seconds a window reads")
-    p.add_argument("--stride", type=float, default=4.0, help="with --search: seconds between windows")
+    p.add_argument("--window", type=float, default=None,
+                   help="with --search: seconds a window reads (default: a quarter of the video, at least 16)")
+    p.add_argument("--stride", type=float, default=None,
+                   help="with --search: seconds between windows (default: a quarter of a window)")
     p.add_argument("--samples", type=int, default=16, help="with --search: answers sampled per window")
     p.set_defaults(run=cmd_ground)
 

@@ -5,9 +5,10 @@ mIoU 0.98 on 16 s test videos, 0.34 at 64 s). `search` spends more compute to gr
 
 1. the whole video is asked for the event `samples` times (sampling at temperature 1): a prior, where the model
    thinks it may be;
-2. so is every window of `window` seconds, `stride` apart, each read alone as a video of its own (its frames'
-   times counted from its start). A window's answer is the sampled span that agrees most with the others (the
-   minimum-Bayes-risk choice under IoU); its consensus, that span's mean IoU with them;
+2. so is every window of `window` seconds (by default a quarter of the video, at least 16 s), `stride` apart (a
+   quarter of a window), each read alone as a video of its own (its frames' times counted from its start). A
+   window's answer is the sampled span that agrees most with the others (the minimum-Bayes-risk choice under
+   IoU); its consensus, that span's mean IoU with them;
 3. the answer is the window span of highest consensus + prior_weight * support, its mean IoU with the prior.
 
 Consensus alone does not tell the windows apart: a model that was only ever asked about events its video holds
@@ -38,10 +39,14 @@ from timeviper.synth.world import check_int
 TimeSpan = tuple[float, float]
 
 
+MIN_WINDOW = 16.0  # seconds: the embedded model grounds 16 s videos best
+WINDOW_SHARE = 0.25  # of the video, a window's default length when longer than MIN_WINDOW; and of a window, the stride
+
+
 @dataclass(frozen=True)
 class SearchConfig:
-    window: float = 16.0  # seconds a window reads (the embedded model grounds 16 s videos best)
-    stride: float = 4.0  # seconds between windows' starts
+    window: float | None = None  # seconds a window reads; None: a quarter of the video, at least MIN_WINDOW
+    stride: float | None = None  # seconds between windows' starts; None: a quarter of the window
     samples: int = 16  # answers sampled per pass
     prior_weight: float = 1.0  # weight of the whole video's support against a window's consensus
     seed: int = 0  # of the sampling (the pass's index is added)
@@ -50,12 +55,19 @@ class SearchConfig:
     def __post_init__(self):
         for name in ("window", "stride", "prior_weight"):
             value = getattr(self, name)
+            if value is None and name != "prior_weight":
+                continue
             least = 0 if name == "prior_weight" else math.ulp(0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value < math.inf:
                 raise ConfigError(f"grounding search: {name} must be a number {'>= 0' if least == 0 else '> 0'}, "
                                   f"got {value!r}")
         for name, least in (("samples", 2), ("seed", 0), ("max_new_tokens", 1)):
             check_int(f"grounding search: {name}", getattr(self, name), least)
+
+    def windows(self, duration: float) -> tuple[float, float]:
+        """(window, stride) in seconds for a video of `duration` seconds."""
+        window = self.window or max(MIN_WINDOW, WINDOW_SHARE * duration)
+        return window, self.stride or WINDOW_SHARE * window
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,8 @@ class Grounding:
     candidates: list[Candidate]  # one per window with an answer, in the windows' order
     prior: list[TimeSpan | None]  # the whole video's sampled spans
     frames: int  # frames read
+    window: float  # seconds each window read
+    stride: float  # seconds between windows' starts
 
     @property
     def start(self) -> float | None:
@@ -139,13 +153,14 @@ def search(model, video, query: str, config: SearchConfig = SearchConfig(), fps:
 
     prior = sampled_spans(0, len(times), times, config.seed)
     duration = float(times[-1]) + 1 / fps
-    starts = window_starts(duration, config.window, config.stride)
+    window, stride = config.windows(duration)
+    starts = window_starts(duration, window, stride)
     bounds = torch.searchsorted(times, torch.tensor(starts, dtype=times.dtype)[:, None]
-                                + torch.tensor([0.0, config.window], dtype=times.dtype))  # [windows, 2]
+                                + torch.tensor([0.0, window], dtype=times.dtype))  # [windows, 2]
     candidates = []
     for i, (start, (a, b)) in enumerate(zip(starts, bounds.tolist())):
         if b > a:
-            length = min(config.window, duration - start)  # spans are clipped to the window
+            length = min(window, duration - start)  # spans are clipped to the window
             spans = [s and (min(max(s[0], 0.0), length), min(s[1], length))
                      for s in sampled_spans(a, b, times[a:b] - start, config.seed + 1 + i)]
             span, consensus = consensus_span(spans)
@@ -155,4 +170,5 @@ def search(model, video, query: str, config: SearchConfig = SearchConfig(), fps:
                 candidates.append(Candidate(*span, start, consensus, agree, consensus + config.prior_weight * agree))
         if on_window is not None:
             on_window(i + 1, len(starts))
-    return Grounding(max(candidates, key=lambda c: c.score, default=None), candidates, prior, len(times))
+    return Grounding(max(candidates, key=lambda c: c.score, default=None), candidates, prior, len(times), window,
+                     stride)
