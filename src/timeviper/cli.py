@@ -122,14 +122,12 @@ def ground_by_search(args) -> None:
             windows.update(done - windows.n)
 
         found = search(model, args.video, args.query, config, args.fps, args.chunk_frames, frames.update, window_done)
-    best = found.best
     result = {"start": found.start, "end": found.end, "frames": found.frames,
               "seconds": round(time.perf_counter() - start, 3),
               "search": {**asdict(config), "window": found.window, "stride": found.stride},
-              "best": best and {"window": best.window, "consensus": round(best.consensus, 4),
-                                "support": round(best.support, 4)}}
+              "best": found.best and found.best.report()}
     emit(args, result,
-         f"{found.start:.1f} - {found.end:.1f} seconds" if best else "(no window's answers held a time span)")
+         f"{found.start:.1f} - {found.end:.1f} seconds" if found.best else "(no window's answers held a time span)")
 
 
 def cmd_caption(args) -> None:

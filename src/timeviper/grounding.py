@@ -79,6 +79,10 @@ class Candidate:
     support: float  # mean IoU of the span with the whole video's samples
     score: float  # consensus + prior_weight * support
 
+    def report(self) -> dict:
+        """Its window and scores as the command line and prediction records give them."""
+        return {"window": self.window, "consensus": round(self.consensus, 4), "support": round(self.support, 4)}
+
 
 @dataclass(frozen=True)
 class Grounding:

@@ -68,8 +68,7 @@ def predict(model, video, item: dict, max_frames: int | None = None, sampling: s
 
         best = ground(model, video, item["query"], search, on_frames=count).best
         text = f"{best.start:.1f} - {best.end:.1f} seconds" if best else ""
-        found = {"search": best and {"window": best.window, "consensus": round(best.consensus, 4),
-                                     "support": round(best.support, 4)}}
+        found = {"search": best and best.report()}
     else:
         chunks = frame_chunks(video, max_frames=max_frames, sampling=sampling)
         text = model.generate([(chunks, task_prompt(item))], max_new_tokens=MAX_NEW_TOKENS[item["task"]],
