@@ -27,13 +27,20 @@ demo: install
 # grounding-heavy mix, cosine 3e-4 -> 2e-5; then 1,100 more of it with a frame-time embedding (period 256 s),
 # cosine 5e-4 -> 2e-5; then twice 1,050 more, cosine 2e-4 -> 2e-5 with the frame-time embedding at 1e-2
 # (data seeds 26 and 27), and twice more with configs/embedded-long-mcq.yaml's long motion and counting questions
-# added (data seeds 29 and 30); a bf16 model directory in runs/embedded-model, with logn attention past 1,024
-# tokens, as shipped (the frame-time phases train with it, as the shipped model's did).
+# added (data seeds 29 and 30); then that LM grown by a Mamba-2, an attention and an MLP block before its layer 9
+# (scripts/grow_lm.py, identity at the start) and trained three times more on the same mix (data seeds 33-35, the
+# new blocks at 3 times the rate; the third stops at step 971 of its 1,050, where the shipped model's time budget
+# ended it),
+# and blended half and half with the model it grew from (scripts/blend_lm.py): a bf16 model directory in
+# runs/embedded-model, with logn attention past 1,024 tokens, as shipped (the frame-time phases train with it, as
+# the shipped model's did).
 GROUNDING_MIX = --set "data.datasets=$$(cat configs/embedded-grounding.yaml)"
 LONG_MCQ_MIX = --set "data.datasets=$$(cat configs/embedded-grounding.yaml configs/embedded-long-mcq.yaml)"
 TIME_PHASE = --set model.tiny=null \
 	--set train.max_steps=1050 --set optim.lr=2.0e-4 --set optim.transv_lr=2.0e-4 --set optim.min_lr_ratio=0.1 \
 	--set optim.warmup_ratio=0.02 --set 'optim.lr_by_prefix={"projector.time": 1.0e-2}'
+GROWN_PHASE = $(TIME_PHASE) $(LONG_MCQ_MIX) --set model.transv=null --set 'optim.lr_by_prefix={"projector.time": \
+	1.0e-2, "llm.layers.9": 6.0e-4, "llm.layers.10": 6.0e-4, "llm.layers.11": 6.0e-4}'
 embedded: install
 	$(PY) -m timeviper.synth.pretrain_vision --config configs/embedded.yaml --out runs/embedded-vision --workers 12
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-motion \
@@ -67,7 +74,19 @@ embedded: install
 	$(VENV)/bin/timeviper export runs/embedded-long-1 --out runs/embedded-long-1-model
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-long-2 $(TIME_PHASE) \
 		$(LONG_MCQ_MIX) --set model.pretrained=runs/embedded-long-1-model --set train.seed=30
-	$(VENV)/bin/timeviper export runs/embedded-long-2 --out runs/embedded-model --dtype bfloat16
+	$(VENV)/bin/timeviper export runs/embedded-long-2 --out runs/embedded-long-2-model --dtype bfloat16
+	$(PY) scripts/grow_lm.py runs/embedded-grown-model --model runs/embedded-long-2-model --insert 9:M*-
+	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-grown-1 $(GROWN_PHASE) \
+		--set model.pretrained=runs/embedded-grown-model --set train.seed=33
+	$(VENV)/bin/timeviper export runs/embedded-grown-1 --out runs/embedded-grown-1-model --dtype bfloat16
+	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-grown-2 $(GROWN_PHASE) \
+		--set model.pretrained=runs/embedded-grown-1-model --set train.seed=34
+	$(VENV)/bin/timeviper export runs/embedded-grown-2 --out runs/embedded-grown-2-model --dtype bfloat16
+	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-grown-3 $(GROWN_PHASE) \
+		--set model.pretrained=runs/embedded-grown-2-model --set train.seed=35 --max-steps 971
+	$(VENV)/bin/timeviper export runs/embedded-grown-3 --out runs/embedded-grown-3-model --dtype bfloat16
+	$(PY) scripts/blend_lm.py runs/embedded-model --model runs/embedded-grown-3-model \
+		--base runs/embedded-long-2-model --insert 9:M*- --alpha 0.5 --dtype bfloat16
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

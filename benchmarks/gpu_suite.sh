@@ -6,7 +6,7 @@
 #                    (capacity-tokens: CAPACITY_FRAMES, CAPACITY_TRANSV, CAPACITY_BUDGET_S pick the runs)
 #   probe-embedded   24 steps of configs/embedded.yaml: step time, data wait, a profile of steps 20-22
 #                    (PROBE_SET="--set train.micro_batch_tokens=65536 --set data.lookahead=64" tries a variant)
-#   embedded         train the embedded model on from EMBEDDED_FROM (default the shipped embedded model) for
+#   embedded         train the embedded model on from EMBEDDED_FROM (default the shipped embedded model; its TransV kept) for
 #                    EMBEDDED_SECONDS (default 420) at a constant learning rate, on the data order of EMBEDDED_SEED
 #                    (required: a new one for every segment, or it sees the samples of the last one again;
 #                    EMBEDDED_DATA: YAML lists of datasets (files, concatenated) in place of the config's mix, e.g.
@@ -57,7 +57,7 @@ for step in "$@"; do
         from=/tmp/embedded-vision
       fi
       $train --config configs/embedded.yaml --output /tmp/embedded --max-seconds "${EMBEDDED_SECONDS:-420}" \
-        --set model.tiny=null --set model.pretrained="$from" \
+        --set model.tiny=null --set model.pretrained="$from" --set model.transv=null \
         --set optim.scheduler=constant --set train.max_steps=100000 --set optim.warmup_ratio=0.0005 \
         --set train.seed="${EMBEDDED_SEED:?each segment needs a data seed of its own}" \
         --set logging.every=10 --set "logging.profile_steps=[6, 8]" \

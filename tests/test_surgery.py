@@ -14,8 +14,15 @@ from timeviper.errors import ConfigError
 from timeviper.model import frame_chunks
 from timeviper.surgery import blend, grow, parse_insert, parse_inserts
 from timeviper.synth import make_item
+from timeviper.transv import parse_transv
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def guided_layer(model: TimeViper) -> int:
+    """The layer of the model's attention-guided TransV."""
+    (layer,) = (spec.layer for spec in parse_transv(model.config.transv) if spec.kind == "attn")
+    return layer
 
 
 def test_grow_lm_inserts_identity_blocks_and_moves_transv(tmp_path):
@@ -23,11 +30,14 @@ def test_grow_lm_inserts_identity_blocks_and_moves_transv(tmp_path):
     subprocess.run([sys.executable, SCRIPTS / "grow_lm.py", out, "--insert", "9:M*-", "--insert", "14:-"],
                    check=True, capture_output=True)
     shipped, grown = TimeViper.from_pretrained(None, torch.float32), TimeViper.from_pretrained(out, torch.float32)
-    assert grown.config.llm.pattern == "M-M-M*-M-M*-M-M*--"
-    assert grown.config.transv == "uni_2_0.5-attn_15_0.9"
+    pattern = shipped.config.llm.pattern
+    assert grown.config.llm.pattern == pattern[:9] + "M*-" + pattern[9:14] + "-" + pattern[14:]
+    attention, guided = pattern.rindex("*"), guided_layer(shipped)  # both past layer 14: 4 blocks before them
+    assert grown.config.transv == shipped.config.transv.replace(f"attn_{guided}_", f"attn_{guided + 4}_")
     old, new = shipped.state_dict(), grown.state_dict()
-    assert torch.equal(new["llm.layers.15.mixer.q_proj.weight"], old["llm.layers.12.mixer.q_proj.weight"])
-    assert torch.equal(new["transv.15.o_proj.weight"], old["transv.12.o_proj.weight"])
+    assert torch.equal(new[f"llm.layers.{attention + 4}.mixer.q_proj.weight"],
+                       old[f"llm.layers.{attention}.mixer.q_proj.weight"])
+    assert torch.equal(new[f"transv.{guided + 4}.o_proj.weight"], old[f"transv.{guided}.o_proj.weight"])
     for name in ("9.mixer.out_proj", "10.mixer.o_proj", "11.mixer.down_proj", "17.mixer.down_proj"):
         assert not new[f"llm.layers.{name}.weight"].any(), name
     assert new["llm.layers.9.mixer.in_proj.weight"].std() > 0  # fresh, not zero: it learns once out_proj does
@@ -43,10 +53,10 @@ def test_grow_lm_inserts_identity_blocks_and_moves_transv(tmp_path):
     again = subprocess.run([sys.executable, SCRIPTS / "grow_lm.py", out, "--insert", "9:M"],
                            capture_output=True, text=True)
     assert again.returncode != 0 and "already holds a model" in again.stderr  # the first model is kept
-    assert TimeViper.from_pretrained(out, torch.float32).config.llm.pattern == "M-M-M*-M-M*-M-M*--"
+    assert TimeViper.from_pretrained(out, torch.float32).config.llm.pattern == grown.config.llm.pattern
 
-    with pytest.raises(ConfigError, match="layers 0..13"):
-        grow(shipped, {15: "M"})
+    with pytest.raises(ConfigError, match=f"layers 0..{len(pattern) - 1}"):
+        grow(shipped, {len(pattern) + 1: "M"})
     with pytest.raises(ConfigError, match="LAYER:SYMBOLS"):
         parse_insert("9:MX")
     with pytest.raises(ConfigError, match="names a layer twice"):
@@ -70,15 +80,18 @@ def test_blend_mixes_shared_weights_and_keeps_grown_blocks(tmp_path):
                     "--alpha", "0.25", "--insert", "9:M*-"], check=True, capture_output=True)
     blended = TimeViper.from_pretrained(tmp_path / "blend", torch.float32)
     old, own, mixed = shipped.state_dict(), tuned.state_dict(), blended.state_dict()
-    for new_name, old_name in (("llm.layers.15.mixer.q_proj.weight", "llm.layers.12.mixer.q_proj.weight"),
+    attention, guided = shipped.config.llm.pattern.rindex("*"), guided_layer(shipped)  # past layer 9: moved by 3
+    for new_name, old_name in ((f"llm.layers.{attention + 3}.mixer.q_proj.weight",
+                                f"llm.layers.{attention}.mixer.q_proj.weight"),
                                ("llm.layers.4.mixer.in_proj.weight", "llm.layers.4.mixer.in_proj.weight"),
-                               ("transv.15.o_proj.weight", "transv.12.o_proj.weight"),
+                               (f"transv.{guided + 3}.o_proj.weight", f"transv.{guided}.o_proj.weight"),
                                ("projector.mlp.0.weight", "projector.mlp.0.weight")):
         torch.testing.assert_close(mixed[new_name], 0.25 * own[new_name] + 0.75 * old[old_name])
     for name in ("llm.layers.9.mixer.in_proj.weight", "llm.layers.10.mixer.o_proj.weight"):  # grown: kept
         assert torch.equal(mixed[name], own[name]), name
     assert blended.config.extra["blend"] == {"alpha": 0.25, "base": "embedded", "inserts": ["9:M*-"]}
-    assert blended.config.transv == tuned.config.transv == "uni_2_0.5-attn_15_0.9"
+    assert blended.config.transv == tuned.config.transv == shipped.config.transv.replace(
+        f"attn_{guided}_", f"attn_{guided + 3}_")
 
     spec, item = make_item("mcq", 1100000, 24, 64)
     video = sample_video(spec, None, "uniform")

@@ -1,7 +1,7 @@
 """Coarse-to-fine temporal grounding: the whole video says roughly where an event is, short windows say exactly.
 
 A model trained on videos of many lengths grounds short ones far better than long ones (the embedded model:
-mIoU 0.98 on 16 s test videos, 0.34 at 64 s). `search` spends more compute to ground as in a short video:
+mIoU 0.99 on 16 s test videos, 0.32 at 64 s). `search` spends more compute to ground as in a short video:
 
 1. the whole video is asked for the event `samples` times (sampling at temperature 1): a prior, where the model
    thinks it may be;
