@@ -1,5 +1,5 @@
-"""scripts/fresh_lm.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions, and
-the data lists that gpu_suite.sh's embedded step takes in place of a config's mix."""
+"""scripts/fresh_lm.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions, scripts/probe_captions.py,
+and the data lists that gpu_suite.sh's embedded step takes in place of a config's mix."""
 
 import subprocess
 import sys
@@ -112,3 +112,27 @@ def test_the_selection_probe_maps_tokens_to_frames_and_steers_the_selection():
         seen["frames"] = torch.tensor([0, 0, 1, 1, 2, 2])
         dropped = engine.attention_drop(torch.tensor([9.0, 8, 7, 6, 0, 0]), 2 / 3)
     assert dropped.tolist() == [True, True, True, True, False, False]  # the rescored tokens are kept
+
+
+def test_caption_probe_tells_order_from_content():
+    from dataclasses import replace
+
+    from timeviper.synth import make_item
+    from timeviper.synth.tasks import caption_text
+
+    probe = load_script("probe_captions")
+    spec = next(spec for seed in range(1100000, 1100100) for spec in [make_item("caption", seed, 32, 64)[0]]
+                if len(spec.scenes) >= 2 and len(spec.scenes[0].actors) >= 2)
+    first, second, *rest = spec.scenes
+    scenes_swapped = caption_text(replace(spec, scenes=(second, first, *rest)))
+    objects_swapped = caption_text(replace(spec, scenes=(replace(first, actors=first.actors[::-1]), second, *rest)))
+    truth = caption_text(spec)
+    cell = {"task": "caption", "frames": 32, "transv": "default", "seeds": [spec.seed] * 4,
+            "responses": [truth, scenes_swapped, objects_swapped, truth.replace(first.background, "a made-up")]}
+    (row,) = probe.caption_cells({"settings": {"size": 64}, "cells": [cell, dict(cell, task="mcq")]})
+    strict = sum(map(lambda p: probe.caption_scene_f1(p, truth), cell["responses"])) / 4
+    assert row["n"] == 4 and row["scene_f1"] == pytest.approx(strict) and strict < 0.9
+    assert probe.order_forgiven(scenes_swapped, truth) == (1.0, 1.0)
+    assert probe.order_forgiven(objects_swapped, truth)[0] < 1.0 == probe.order_forgiven(objects_swapped, truth)[1]
+    assert max(probe.order_forgiven(cell["responses"][3], truth)) < 1.0  # a wrong background is content
+    assert row["scene_f1"] < row["scene_order_forgiven"] < row["object_order_forgiven"] < 1.0
