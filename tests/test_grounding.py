@@ -39,10 +39,18 @@ def test_windows_are_a_quarter_of_the_video_at_least_16_s_unless_set():
     assert SearchConfig(window=8).windows(256) == (8, 2) and SearchConfig(window=8, stride=3).windows(9) == (8, 3)
 
 
+def test_scales_halve_the_window_down_to_16_s():
+    assert SearchConfig().lengths(256) == [(64, 16)]
+    assert SearchConfig(scales=2).lengths(256) == [(64, 16), (32, 8)]
+    assert SearchConfig(scales=4).lengths(256) == [(64, 16), (32, 8), (16, 4)]
+    assert SearchConfig(scales=2).lengths(64) == [(16, 4)] and SearchConfig(scales=2, window=8).lengths(64) == [(8, 2)]
+
+
 @pytest.mark.parametrize("kwargs, message", [({"window": 0}, "window must be a number > 0"),
                                              ({"stride": -1.0}, "stride"), ({"samples": 1}, "samples"),
                                              ({"prior_weight": float("nan")}, "prior_weight"),
-                                             ({"window": True}, "window"), ({"seed": 0.5}, "seed")])
+                                             ({"window": True}, "window"), ({"seed": 0.5}, "seed"),
+                                             ({"scales": 0}, "scales"), ({"agreement_weight": -1}, "agreement_weight")])
 def test_bad_settings_are_refused_by_name(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         SearchConfig(**kwargs)
@@ -82,12 +90,28 @@ def test_search_asks_the_whole_video_and_every_window(tokenizer):  # noqa: F811
     assert found.best == max(found.candidates, key=lambda c: c.score, default=None)
 
 
+@pytest.mark.parametrize("weight, best", [(0.0, (6.0, 7.0)), (2.0, (3.0, 4.0))])
+def test_agreement_lets_windows_that_place_an_event_alike_outvote_a_surer_one(tokenizer, weight, best):  # noqa: F811
+    model = timed_model(tokenizer)
+    answers = iter([["none", "none"],  # the whole video: no support anywhere
+                    ["3.0 - 4.0 seconds", "none"], ["0.0 - 1.0 seconds", "none"],  # windows at 0 and 3 s: 3-4 s
+                    ["0.0 - 1.0 seconds"] * 2])  # the window at 6 s, surer: 6-7 s
+    model.decode = lambda prefilled, *args, **kwargs: next(answers)
+    config = SearchConfig(window=4, stride=3, samples=2, agreement_weight=weight)
+    found = search(model, torch.randint(0, 256, (10, 32, 32, 3), dtype=torch.uint8), "x", config)
+    assert [(c.start, c.end, c.consensus, c.agreement) for c in found.candidates] == [
+        (3.0, 4.0, 0.5, 0.5), (3.0, 4.0, 0.5, 0.5), (6.0, 7.0, 1.0, 0.0)]
+    assert all(c.length == 4 and c.score == c.consensus + weight * c.agreement for c in found.candidates)
+    assert (found.start, found.end) == best
+
+
 def test_the_cli_searches(capsys, model_dir, video):  # noqa: F811
     code, out, _ = run(capsys, "ground", video, "the red circle moves left", "--model", model_dir, "--device", "cpu",
                        "--search", "--window", 6, "--stride", 3, "--samples", 2, "--max-new-tokens", 6, "--json",
-                       "--quiet")
+                       "--scales", 2, "--agreement-weight", 8, "--quiet")
     result = json.loads(out)
     assert code == 0 and result["frames"] == 12 and result["search"]["window"] == 6 and result["search"]["samples"] == 2
+    assert result["search"]["scales"] == 2 and result["search"]["agreement_weight"] == 8
     assert {"start", "end", "best", "seconds"} <= result.keys()
 
 

@@ -111,7 +111,8 @@ def ground_by_search(args) -> None:
     if args.max_frames is not None:
         raise ConfigError("ground --search reads every frame at --fps (its windows are seconds of video): "
                           "drop --max-frames")
-    config = SearchConfig(args.window, args.stride, args.samples, max_new_tokens=args.max_new_tokens)
+    config = SearchConfig(args.window, args.stride, args.samples, max_new_tokens=args.max_new_tokens,
+                          scales=args.scales, agreement_weight=args.agreement_weight)
     frame_chunks(args.video, args.fps)  # opens it: a bad file fails before the model loads
     model = load_model(args)
     start = time.perf_counter()
@@ -242,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=float, default=None,
                    help="with --search: seconds between windows (default: a quarter of a window)")
     p.add_argument("--samples", type=int, default=16, help="with --search: answers sampled per window")
+    p.add_argument("--scales", type=int, default=1,
+                   help="with --search: window lengths, each half the one before, none under 16 s (default 1)")
+    p.add_argument("--agreement-weight", type=float, default=0.0,
+                   help="with --search: weight of a window's agreement with the other windows' spans (default 0; "
+                        "on long videos --scales 2 --agreement-weight 8)")
     p.set_defaults(run=cmd_ground)
 
     p = sub.add_parser("caption", help="describe a video in detail")

@@ -10,6 +10,9 @@ mIoU 0.99 on 16 s test videos, 0.32 at 64 s). `search` spends more compute to gr
    window's answer is the sampled span that agrees most with the others (the minimum-Bayes-risk choice under
    IoU); its consensus, that span's mean IoU with them;
 3. the answer is the window span of highest consensus + prior_weight * support, its mean IoU with the prior.
+With `scales` > 1, windows of half the length (then a quarter, ...; none shorter than MIN_WINDOW) join the search,
+and with `agreement_weight` a span also scores by its agreement, its mean IoU with every other window's span:
+an event several windows of both lengths place alike outscores one that a single window finds.
 
 Consensus alone does not tell the windows apart: a model that was only ever asked about events its video holds
 finds one in every window, often every time. Support alone is the whole video's blurred guess. Together they
@@ -51,23 +54,30 @@ class SearchConfig:
     prior_weight: float = 1.0  # weight of the whole video's support against a window's consensus
     seed: int = 0  # of the sampling (the pass's index is added)
     max_new_tokens: int = 24
+    scales: int = 1  # window lengths: the window, then half of it, ..., none under MIN_WINDOW (the first is kept)
+    agreement_weight: float = 0.0  # weight of a span's mean IoU with every other window's span
 
     def __post_init__(self):
-        for name in ("window", "stride", "prior_weight"):
+        for name in ("window", "stride", "prior_weight", "agreement_weight"):
             value = getattr(self, name)
-            if value is None and name != "prior_weight":
+            if value is None and name in ("window", "stride"):
                 continue
-            least = 0 if name == "prior_weight" else math.ulp(0)
+            least = 0 if name in ("prior_weight", "agreement_weight") else math.ulp(0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value < math.inf:
                 raise ConfigError(f"grounding search: {name} must be a number {'>= 0' if least == 0 else '> 0'}, "
                                   f"got {value!r}")
-        for name, least in (("samples", 2), ("seed", 0), ("max_new_tokens", 1)):
+        for name, least in (("samples", 2), ("seed", 0), ("max_new_tokens", 1), ("scales", 1)):
             check_int(f"grounding search: {name}", getattr(self, name), least)
 
     def windows(self, duration: float) -> tuple[float, float]:
         """(window, stride) in seconds for a video of `duration` seconds."""
         window = self.window or max(MIN_WINDOW, WINDOW_SHARE * duration)
         return window, self.stride or WINDOW_SHARE * window
+
+    def lengths(self, duration: float) -> list[tuple[float, float]]:
+        """(window, stride) of every scale, longest first: each half the one before, with its stride halved."""
+        window, stride = self.windows(duration)
+        return [(window / 2**k, stride / 2**k) for k in range(self.scales) if k == 0 or window / 2**k >= MIN_WINDOW]
 
 
 @dataclass(frozen=True)
@@ -77,11 +87,14 @@ class Candidate:
     window: float  # the second at which its window starts
     consensus: float  # mean IoU of the span with its window's samples
     support: float  # mean IoU of the span with the whole video's samples
-    score: float  # consensus + prior_weight * support
+    score: float  # consensus + prior_weight * support (+ agreement_weight * agreement)
+    length: float = 0.0  # seconds its window reads
+    agreement: float = 0.0  # mean IoU of the span with every other window's span
 
     def report(self) -> dict:
         """Its window and scores as the command line and prediction records give them."""
-        return {"window": self.window, "consensus": round(self.consensus, 4), "support": round(self.support, 4)}
+        return {"window": self.window, "length": self.length, "consensus": round(self.consensus, 4),
+                "support": round(self.support, 4), "agreement": round(self.agreement, 4)}
 
 
 @dataclass(frozen=True)
@@ -90,8 +103,8 @@ class Grounding:
     candidates: list[Candidate]  # one per window with an answer, in the windows' order
     prior: list[TimeSpan | None]  # the whole video's sampled spans
     frames: int  # frames read
-    window: float  # seconds each window read
-    stride: float  # seconds between windows' starts
+    window: float  # seconds each window of the first (longest) scale read
+    stride: float  # seconds between those windows' starts
 
     @property
     def start(self) -> float | None:
@@ -157,22 +170,28 @@ def search(model, video, query: str, config: SearchConfig = SearchConfig(), fps:
 
     prior = sampled_spans(0, len(times), times, config.seed)
     duration = float(times[-1]) + 1 / fps
-    window, stride = config.windows(duration)
-    starts = window_starts(duration, window, stride)
-    bounds = torch.searchsorted(times, torch.tensor(starts, dtype=times.dtype)[:, None]
-                                + torch.tensor([0.0, window], dtype=times.dtype))  # [windows, 2]
-    candidates = []
-    for i, (start, (a, b)) in enumerate(zip(starts, bounds.tolist())):
+    passes = [(start, window) for window, stride in config.lengths(duration)
+              for start in window_starts(duration, window, stride)]
+    found = []  # (span, window start, window length, consensus) of every window whose answers hold a span
+    for i, (start, window) in enumerate(passes):
+        a, b = torch.searchsorted(times, torch.tensor([start, start + window], dtype=times.dtype)).tolist()
         if b > a:
             length = min(window, duration - start)  # spans are clipped to the window
             spans = [s and (min(max(s[0], 0.0), length), min(s[1], length))
                      for s in sampled_spans(a, b, times[a:b] - start, config.seed + 1 + i)]
             span, consensus = consensus_span(spans)
             if span is not None:
-                span = (span[0] + start, span[1] + start)
-                agree = support(span, prior)
-                candidates.append(Candidate(*span, start, consensus, agree, consensus + config.prior_weight * agree))
+                found.append(((span[0] + start, span[1] + start), start, window, consensus))
         if on_window is not None:
-            on_window(i + 1, len(starts))
+            on_window(i + 1, len(passes))
+    candidates = []
+    for j, (span, start, window, consensus) in enumerate(found):
+        others = [other for k, (other, *_) in enumerate(found) if k != j]
+        agreement = sum(temporal_iou(span, o) for o in others) / len(others) if others else 0.0
+        agree = support(span, prior)
+        score = consensus + config.prior_weight * agree + config.agreement_weight * agreement
+        candidates.append(Candidate(*span, window=start, consensus=consensus, support=agree, score=score,
+                                    length=window, agreement=agreement))
+    window, stride = config.windows(duration)
     return Grounding(max(candidates, key=lambda c: c.score, default=None), candidates, prior, len(times), window,
                      stride)
