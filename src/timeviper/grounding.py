@@ -88,8 +88,8 @@ class Candidate:
     consensus: float  # mean IoU of the span with its window's samples
     support: float  # mean IoU of the span with the whole video's samples
     score: float  # consensus + prior_weight * support (+ agreement_weight * agreement)
-    length: float = 0.0  # seconds its window reads
-    agreement: float = 0.0  # mean IoU of the span with every other window's span
+    length: float  # seconds its window reads
+    agreement: float  # mean IoU of the span with every other window's span
 
     def report(self) -> dict:
         """Its window and scores as the command line and prediction records give them."""
@@ -170,8 +170,8 @@ def search(model, video, query: str, config: SearchConfig = SearchConfig(), fps:
 
     prior = sampled_spans(0, len(times), times, config.seed)
     duration = float(times[-1]) + 1 / fps
-    passes = [(start, window) for window, stride in config.lengths(duration)
-              for start in window_starts(duration, window, stride)]
+    lengths = config.lengths(duration)  # [(window, stride)], longest first
+    passes = [(start, window) for window, stride in lengths for start in window_starts(duration, window, stride)]
     found = []  # (span, window start, window length, consensus) of every window whose answers hold a span
     for i, (start, window) in enumerate(passes):
         a, b = torch.searchsorted(times, torch.tensor([start, start + window], dtype=times.dtype)).tolist()
@@ -192,6 +192,4 @@ def search(model, video, query: str, config: SearchConfig = SearchConfig(), fps:
         score = consensus + config.prior_weight * agree + config.agreement_weight * agreement
         candidates.append(Candidate(*span, window=start, consensus=consensus, support=agree, score=score,
                                     length=window, agreement=agreement))
-    window, stride = config.windows(duration)
-    return Grounding(max(candidates, key=lambda c: c.score, default=None), candidates, prior, len(times), window,
-                     stride)
+    return Grounding(max(candidates, key=lambda c: c.score, default=None), candidates, prior, len(times), *lengths[0])
