@@ -120,6 +120,21 @@ def test_search_grounds_every_frame_and_an_output_keeps_one_mode(tvg_root, model
     assert "made with --search" in capsys.readouterr().err and len(read_jsonl(out / "predictions.jsonl")) == 5
 
 
+def test_shots_caption_every_frame_and_flags_fit_their_task(tvg_root, model_dir, tmp_path, capsys):
+    root, out = tmp_path / "data", tmp_path / "out"
+    make_synth("caption", range(1_100_000, 1_100_002), 12, root, size=32)
+    caption = ["eval", "synth-caption", "--data-root", str(root), "--output", str(out), "--model", str(model_dir),
+               "--device", "cpu", "--max-frames", "4"]
+    assert main([*caption, "--shots"]) == 0
+    predictions = read_jsonl(out / "predictions.jsonl")
+    assert [p["frames"] for p in predictions] == [12, 12] and all(p["shots"][-1][1] == 12 for p in predictions)
+    capsys.readouterr()
+    assert main(caption) == 1 and "made with --shots" in capsys.readouterr().err
+    assert main([*caption, "--search"]) == 1 and "--search is for tvg" in capsys.readouterr().err
+    assert evaluate(tvg_root, tmp_path / "tvg", model_dir, "--shots") == 1
+    assert "--shots is for caption benchmarks; synth-tvg is tvg" in capsys.readouterr().err
+
+
 def test_one_shard_writes_metrics_json(tmp_path, model_dir):
     make_synth("mcq", range(1_100_000, 1_100_003), 8, tmp_path / "data", size=32)
     assert main(["eval", "synth-mcq", "--data-root", str(tmp_path / "data"), "--output", str(tmp_path / "out"),

@@ -153,6 +153,7 @@ def test_logn_length_is_applied_and_recorded(model_dir, tmp_path, calls):
     (["--tasks", "mcq,needle", "--frames", "200,60"], "at least 120 frames"),
     (["--transv", "default,uni_0"], "bad TransV spec 'uni_0'"),
     (["--tvg-search", "--max-frames", "4"], "drop --max-frames"),
+    (["--caption-shots", "--max-frames", "4"], "--caption-shots reads every frame"),
 ])
 def test_bad_arguments(model_dir, tmp_path, capsys, argv, message):
     assert sweep(model_dir, tmp_path / "sweep.json", "--tasks", "mcq", "--frames", "8", "--items", "1", *argv) == 1
@@ -203,3 +204,18 @@ def test_tvg_search_grounds_by_search_and_is_recorded(model_dir, tmp_path, monke
     assert results["settings"]["tvg_search"] == asdict(grounding.SearchConfig())
     assert searched == [make_item("tvg", seed, 8, 32)[1]["query"] for seed in (FIRST_TEST_SEED, FIRST_TEST_SEED + 1)]
     assert sweep(model_dir, out, *args) == 1  # single-pass grounding into a file of searched: refused
+
+
+def test_caption_shots_caption_shot_by_shot_and_are_recorded(model_dir, tmp_path, monkeypatch):  # noqa: F811
+    from dataclasses import asdict
+
+    from timeviper import captioning
+    from timeviper.shots import ShotConfig
+
+    captioned, real = [], captioning.caption_by_shots
+    monkeypatch.setattr(captioning, "caption_by_shots", lambda *a, **k: captioned.append(len(a[1].frames)) or real(*a, **k))
+    out, args = tmp_path / "sweep.json", ("--tasks", "caption,mcq", "--frames", "8", "--items", "2", "--transv", "none")
+    assert sweep(model_dir, out, *args, "--caption-shots") == 0
+    results = json.loads(out.read_text())
+    assert results["settings"]["caption_shots"] == asdict(ShotConfig()) and captioned == [8, 8]  # not mcq
+    assert sweep(model_dir, out, *args) == 1  # single-pass captions into a file of shot by shot: refused

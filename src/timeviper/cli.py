@@ -134,8 +134,40 @@ def ground_by_search(args) -> None:
 def cmd_caption(args) -> None:
     from timeviper.prompts import CAPTION_PROMPT
 
+    if args.shots:
+        return caption_shot_by_shot(args)
     text, frames, seconds = answer(args, CAPTION_PROMPT)
     emit(args, {"caption": text, "frames": frames, "seconds": round(seconds, 3)}, text)
+
+
+def caption_shot_by_shot(args) -> None:
+    """`caption --shots`: timeviper.captioning.caption_by_shots, with a bar for the frames and one for the shots."""
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from timeviper.captioning import caption_by_shots
+    from timeviper.errors import ConfigError
+    from timeviper.model import frame_chunks
+    from timeviper.shots import ShotConfig
+
+    if args.max_frames is not None:
+        raise ConfigError("caption --shots reads every frame at --fps (shots are runs of frames): drop --max-frames")
+    config = ShotConfig(args.cut_share, min_frames=args.min_shot_frames)
+    frame_chunks(args.video, args.fps)  # opens it: a bad file fails before the model loads
+    model = load_model(args)
+    start = time.perf_counter()
+    with tqdm(desc="frames", unit="frame", disable=args.quiet, file=sys.stderr, leave=False) as frames, \
+            tqdm(desc="shots", unit="shot", disable=args.quiet, file=sys.stderr, leave=False) as shots:
+        def shot_done(done: int, total: int) -> None:
+            shots.total = total
+            shots.update(done - shots.n)
+
+        found = caption_by_shots(model, args.video, config, args.fps, args.chunk_frames, args.max_new_tokens,
+                                 on_frames=frames.update, on_shot=shot_done)
+    result = {"caption": found.caption, "frames": found.frames, "seconds": round(time.perf_counter() - start, 3),
+              "shots": [asdict(shot) for shot in found.shots], "cuts": asdict(config)}
+    emit(args, result, found.caption)
 
 
 # --- the synthetic world, scoring -------------------------------------------------------------------------
@@ -252,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("caption", help="describe a video in detail")
     video_args(p)
+    p.add_argument("--shots", action="store_true",
+                   help="cut the video at its shots, caption each as a video of its own and join the captions "
+                        "(timeviper.captioning; better on videos of several scenes)")
+    p.add_argument("--cut-share", type=float, default=0.2,
+                   help="with --shots: share of pixels that must change between two frames for a cut (default 0.2)")
+    p.add_argument("--min-shot-frames", type=int, default=1,
+                   help="with --shots: no shot has fewer frames; nearer cuts are dropped (default 1)")
     p.set_defaults(run=cmd_caption)
 
     p = sub.add_parser("demo", help="render a sample video; answer, ground and caption it")
@@ -310,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--search", action="store_true",
                    help="ground by timeviper.grounding.search (default settings; every frame at 1 fps)")
+    p.add_argument("--shots", action="store_true",
+                   help="caption shot by shot (timeviper.captioning; default settings; every frame at 1 fps)")
     p.set_defaults(run=cmd_eval)
     return parser
 

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
-from torch import Tensor
 
+from timeviper.clips import encode
 from timeviper.errors import ConfigError
 from timeviper.eval.metrics import parse_time_span, temporal_iou
 from timeviper.prompts import grounding_prompt
@@ -136,40 +136,24 @@ def window_starts(duration: float, window: float, stride: float) -> list[float]:
     return [min(i * stride, last) for i in range(math.ceil(last / stride - 1e-9) + 1)]
 
 
-def _chunks(model, tokens: Tensor, times: Tensor, chunk_frames: int) -> Iterator[Tensor]:
-    """Vision tokens [F, n, C] of frames shown at `times` [F] -> the model's input, [1, frames * n, C] a chunk."""
-    for a in range(0, len(tokens), chunk_frames):
-        yield model.add_frame_times(tokens[a:a + chunk_frames], times[a:a + chunk_frames]).flatten(0, 1)[None]
-
-
 def search(model, video, query: str, config: SearchConfig = SearchConfig(), fps: float = 1.0, chunk_frames: int = 256,
            on_frames: Callable[[int], None] | None = None,
            on_window: Callable[[int, int], None] | None = None) -> Grounding:
     """When `query` happens in `video` (a path, a decoded timeviper.video.Video, or uint8 frames [T, H, W, 3] taken
     as sampled at `fps`), by the search above. `on_frames(n)` is told of frames encoded, `on_window(i, total)` of
     windows done."""
-    from timeviper.model import frame_chunks
-
-    tokens, times = [], []
-    for chunk in frame_chunks(video, fps, chunk_frames=chunk_frames):
-        with torch.inference_mode():
-            tokens.append(model.frame_tokens(chunk.frames))  # [f, n, C]
-        times.append(torch.as_tensor(chunk.timestamps, dtype=torch.float64))
-        if on_frames is not None:
-            on_frames(len(chunk.frames))
-    if not times or not sum(map(len, times)):
-        raise ConfigError("grounding search: the video has no frames")
-    tokens, times = torch.cat(tokens), torch.cat(times)  # [F, n, C], [F] seconds, ascending
+    video = encode(model, video, fps, chunk_frames, on_frames)  # tokens [F, n, C], times [F] seconds
+    times = video.times
     instruction = grounding_prompt(query)
 
-    def sampled_spans(a: int, b: int, shown: Tensor, seed: int) -> list[TimeSpan | None]:
-        """The spans of `samples` answers about frames [a, b), shown at `shown` [b - a] seconds."""
-        prefilled = model.prefill_tokens(_chunks(model, tokens[a:b], shown, chunk_frames), instruction)
+    def sampled_spans(a: int, b: int, origin: float, seed: int) -> list[TimeSpan | None]:
+        """The spans of `samples` answers about frames [a, b), their times counted from `origin` seconds."""
+        prefilled = model.prefill_tokens(video.clip(model, a, b, origin, chunk_frames), instruction)
         texts = model.decode([prefilled] * config.samples, config.max_new_tokens, temperature=1.0, seed=seed)
         return [parse_time_span(t) for t in texts]
 
-    prior = sampled_spans(0, len(times), times, config.seed)
-    duration = float(times[-1]) + 1 / fps
+    prior = sampled_spans(0, len(times), 0.0, config.seed)
+    duration = video.duration
     lengths = config.lengths(duration)  # [(window, stride)], longest first
     passes = [(start, window) for window, stride in lengths for start in window_starts(duration, window, stride)]
     found = []  # (span, window start, window length, consensus) of every window whose answers hold a span
@@ -178,7 +162,7 @@ def search(model, video, query: str, config: SearchConfig = SearchConfig(), fps:
         if b > a:
             length = min(window, duration - start)  # spans are clipped to the window
             spans = [s and (min(max(s[0], 0.0), length), min(s[1], length))
-                     for s in sampled_spans(a, b, times[a:b] - start, config.seed + 1 + i)]
+                     for s in sampled_spans(a, b, start, config.seed + 1 + i)]
             span, consensus = consensus_span(spans)
             if span is not None:
                 found.append(((span[0] + start, span[1] + start), start, window, consensus))

@@ -3,6 +3,7 @@
     python -m timeviper.eval.runner make-synth --task mcq --seeds 1100000:1100200 --frames 256 --out data/synth-mcq
     timeviper eval synth-mcq --data-root data/synth-mcq --output runs/eval/synth-mcq [--shard 0/2]
     timeviper eval synth-tvg --data-root data/synth-tvg --output runs/eval/synth-tvg-search --search
+    timeviper eval synth-caption --data-root data/synth-caption --output runs/eval/synth-caption-shots --shots
 
 A benchmark directory holds `items.jsonl`, one item per line: `id`, `video` (a path relative to the
 directory), `task` and the task's fields (FIELDS) — mcq: `question`, `options`, `answer` (a letter);
@@ -13,8 +14,9 @@ whose video has none are left out).
 Shard I of N takes items I, I + N, ...; its predictions go to OUTPUT/predictions.I-of-N.jsonl (just
 predictions.jsonl when N is 1), one line per item (id, answer | start, end | caption, the raw text,
 frames read, seconds), appended as they come, so a rerun skips the items already there. `--search` grounds tvg
-items by timeviper.grounding.search over every frame (--max-frames aside); its records add `search`, and an
-output holds predictions of one mode only. A run prints
+items by timeviper.grounding.search, `--shots` captions caption items shot by shot (timeviper.captioning), both over
+every frame (--max-frames aside); their records add `search` or `shots`, and an output holds predictions of one
+mode only. A run prints
 its shard's metrics (timeviper.eval.metrics.score) and writes them to metrics.I-of-N.json; once the
 shards together cover every item, metrics.json holds the metrics of all (for N = 1, at once).
 """
@@ -32,6 +34,7 @@ from timeviper.data.synth_source import task_prompt
 from timeviper.errors import ConfigError, TimeViperError
 from timeviper.eval.metrics import load_records, parse_option_letter, parse_time_span, score
 from timeviper.grounding import SearchConfig
+from timeviper.shots import ShotConfig
 
 BENCHMARKS = {"synth-mcq": "mcq", "synth-tvg": "tvg", "synth-caption": "caption", "synth-needle": "mcq"}
 FIELDS = {"mcq": ("question", "options", "answer"), "tvg": ("query", "start", "end"), "caption": ("caption",)}
@@ -49,11 +52,13 @@ def parse_answer(task: str, text: str) -> dict:
 
 
 def predict(model, video, item: dict, max_frames: int | None = None, sampling: str = "uniform",
-            search=None) -> dict:
+            search=None, shots=None) -> dict:
     """Ask `model` the item's question about `video` (a path, a decoded timeviper.video.Video or uint8 frames
     shown once a second): its prediction record. With `search` (a timeviper.grounding.SearchConfig) a tvg item
     is grounded by timeviper.grounding.search, over every frame; its record adds the best window's `search`
-    scores, and `raw` is the span it found."""
+    scores, and `raw` is the span it found. With `shots` (a timeviper.shots.ShotConfig) a caption item is
+    captioned shot by shot (timeviper.captioning), over every frame; its record adds `shots`, each shot's
+    [start, end] seconds, and `raw` is the joined caption."""
     from timeviper.model import frame_chunks
 
     frames = 0
@@ -69,6 +74,12 @@ def predict(model, video, item: dict, max_frames: int | None = None, sampling: s
         best = ground(model, video, item["query"], search, on_frames=count).best
         text = f"{best.start:.1f} - {best.end:.1f} seconds" if best else ""
         found = {"search": best and best.report()}
+    elif shots is not None and item["task"] == "caption":
+        from timeviper.captioning import caption_by_shots
+
+        captioned = caption_by_shots(model, video, shots, max_new_tokens=MAX_NEW_TOKENS["caption"], on_frames=count)
+        text = captioned.caption
+        found = {"shots": [[shot.start, shot.end] for shot in captioned.shots]}
     else:
         chunks = frame_chunks(video, max_frames=max_frames, sampling=sampling)
         text = model.generate([(chunks, task_prompt(item))], max_new_tokens=MAX_NEW_TOKENS[item["task"]],
@@ -144,9 +155,14 @@ def run_benchmark(args) -> None:
     suffix = "" if count == 1 else f".{index}-of-{count}"
     path = out / f"predictions{suffix}.jsonl"
     done = read_predictions(path, {item["id"] for item in mine})
-    search = SearchConfig() if args.search and task == "tvg" else None
-    if any(("search" in r) != (search is not None) for r in done.values()):
-        raise ConfigError(f"{path} holds predictions made {'without' if search else 'with'} --search: "
+    for flag, wanted, asked in (("--search", "tvg", args.search), ("--shots", "caption", args.shots)):
+        if asked and task != wanted:
+            raise ConfigError(f"{flag} is for {wanted} benchmarks; {args.benchmark} is {task}")
+    search = SearchConfig() if args.search else None
+    shots = ShotConfig() if args.shots else None
+    mode, flag, on = ("shots", "--shots", args.shots) if task == "caption" else ("search", "--search", args.search)
+    if any((mode in r) != on for r in done.values()):
+        raise ConfigError(f"{path} holds predictions made {'without' if on else 'with'} {flag}: "
                           "use the same mode or another --output")
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in done.values()))  # drop a torn last line
     todo = [item for item in mine if item["id"] not in done]
@@ -157,8 +173,8 @@ def run_benchmark(args) -> None:
         root = Path(args.data_root)
         with open(path, "a") as f:
             for item in tqdm(todo, desc=args.benchmark, total=len(mine), initial=len(done), file=sys.stderr):
-                record = predict(model, str(root / item["video"]), item, None if search else args.max_frames,
-                                 args.sampling, search)
+                record = predict(model, str(root / item["video"]), item, None if on else args.max_frames,
+                                 args.sampling, search, shots)
                 f.write(json.dumps(record) + "\n")
                 f.flush()
                 done[item["id"]] = record

@@ -17,7 +17,8 @@ switching.
 OUT is JSON, rewritten after each cell, so a rerun with the same OUT skips the cells it holds (its
 settings must match):
 
-    {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"][, "split"][, "tvg_search"]},
+    {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"][, "split"][, "tvg_search"]
+                  [, "caption_shots"]},
      "cells": [{"transv", "spec", "task", "frames", "n", "metrics", "seconds", "seconds_per_item",
                 "frames_per_item", "seeds", "responses"}, ...]}
 
@@ -41,6 +42,7 @@ from timeviper.errors import ConfigError, TimeViperError
 from timeviper.eval import runner
 from timeviper.eval.metrics import score
 from timeviper.grounding import SearchConfig
+from timeviper.shots import ShotConfig
 from timeviper.synth import make_item, make_video, split_range
 from timeviper.synth.world import MIN_SIZE, NEEDLE_MIN_FRAMES, check_int
 from timeviper.transv import parse_transv
@@ -77,8 +79,10 @@ def parse_grid(args) -> tuple[list[str], list[str], list[int]]:
         check_int(flag, value, least)
     if args.max_frames is not None:
         check_int("--max-frames", args.max_frames, 1)
-        if args.tvg_search:
-            raise ConfigError("--tvg-search reads every frame (its windows are seconds of video): drop --max-frames")
+        if args.tvg_search or args.caption_shots:
+            flag = "--tvg-search" if args.tvg_search else "--caption-shots"
+            raise ConfigError(f"{flag} reads every frame (its windows and shots are seconds of video): "
+                              "drop --max-frames")
     return transv, tasks, lengths
 
 
@@ -97,7 +101,8 @@ def run_cell(model, task: str, frames: int, args, bar) -> dict:
     records = []
     for spec, item in items:
         records.append(runner.predict(model, sample_video(spec, args.max_frames, "uniform"), item,
-                                      search=SearchConfig() if args.tvg_search else None))
+                                      search=SearchConfig() if args.tvg_search else None,
+                                      shots=ShotConfig() if args.caption_shots else None))
         bar.update()
     seconds = sum(r["seconds"] for r in records)
     return {"spec": model.config.transv, "task": task, "frames": frames, "n": len(records),
@@ -145,6 +150,8 @@ def sweep(args) -> list[dict]:
         settings["split"] = args.split
     if args.tvg_search:  # (nor do files of single-pass grounding)
         settings["tvg_search"] = asdict(SearchConfig())
+    if args.caption_shots:  # (nor do files of single-pass captions)
+        settings["caption_shots"] = asdict(ShotConfig())
     out = Path(args.out)
     results = load_results(out, settings)
     found = {cell_key(cell): cell for cell in results["cells"]}
@@ -209,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-frames", type=int, help="frames read per video, spread uniformly (default: all)")
     parser.add_argument("--tvg-search", action="store_true",
                         help="ground tvg items by timeviper.grounding.search (its default settings), not one answer")
+    parser.add_argument("--caption-shots", action="store_true",
+                        help="caption caption items shot by shot (timeviper.captioning, its default settings)")
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
     parser.add_argument("--device", help="default: cuda if available (bf16), else cpu (fp32)")
     parser.add_argument("--out", required=True, help="results JSON; a rerun skips the cells it holds")

@@ -43,13 +43,22 @@ def motion_question(obj: str, background: str) -> str:
     return f"Which way does the {obj} move on the {background} background?"
 
 
-def caption_text(spec: VideoSpec) -> str:
+Scenes = list[tuple[str, tuple[tuple[str, str], ...]]]  # [(background, ((object, motion), ...))], in order
+
+
+def scenes_text(scenes: Scenes) -> str:
+    """Scenes in the caption grammar, numbered from 1; a scene without actors (parse_caption's reading of a scene
+    outside the grammar) is written as its text."""
     return " ".join(
-        f"Scene {i}: {article(scene.background)} background with "
-        + ", then ".join(f"{article(a.obj)} moving {a.motion}" for a in scene.actors)
-        + "."
-        for i, scene in enumerate(spec.scenes, 1)
+        f"Scene {i}: "
+        + (f"{article(background)} background with "
+           + ", then ".join(f"{article(obj)} moving {motion}" for obj, motion in actors) + "." if actors else background)
+        for i, (background, actors) in enumerate(scenes, 1)
     )
+
+
+def caption_text(spec: VideoSpec) -> str:
+    return scenes_text([(scene.background, tuple((a.obj, a.motion) for a in scene.actors)) for scene in spec.scenes])
 
 
 _SCENE = re.compile(r"^an? (.+?) background with (.+?)\.?$")
@@ -57,7 +66,7 @@ _ACTOR = re.compile(r"^(?:an? |the )?(\w+ \w+) mov(?:ing|es) (\w+)$")
 _ACTOR_SEPARATOR = re.compile(r",\s*then\s+|,\s*|\s+then\s+|\s+and\s+")
 
 
-def parse_caption(text: str) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+def parse_caption(text: str) -> Scenes:
     """The scenes of a caption as (background, ((object, motion), ...)) in order.
 
     A scene that does not follow the grammar becomes (its text, ()), which matches no real scene.
