@@ -68,8 +68,11 @@ def efficiency(path: Path) -> None:
 
 
 def embedded_quality(path: Path) -> None:
-    """The shipped embedded model's test scores against video length, TransV on and off."""
-    plot_sweep(json.loads((RESULTS / "embedded_quality.json").read_text())["cells"], path)
+    """The shipped embedded model's test scores against video length, TransV on and off; captions also shot by
+    shot."""
+    shots = json.loads((RESULTS / "embedded_caption_shots.json").read_text())["cells"]
+    plot_sweep(json.loads((RESULTS / "embedded_quality.json").read_text())["cells"]
+               + [dict(c, transv=f"{c['transv']}, shot by shot") for c in shots], path)
 
 
 def embedded_logn(path: Path) -> None:

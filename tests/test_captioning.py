@@ -11,6 +11,8 @@ from test_time_embedding import timed_model, tokenizer  # noqa: F401 (fixture)
 from timeviper.captioning import ShotCaption, caption_by_shots, join_captions
 from timeviper.errors import ConfigError
 from timeviper.prompts import CAPTION_PROMPT
+from timeviper.shots import ShotConfig
+from timeviper.video import Video
 
 
 def shot(text, start=0.0, end=1.0):
@@ -68,6 +70,16 @@ def test_a_video_of_one_shot_is_captioned_as_in_one_pass(tokenizer):  # noqa: F8
     assert [s.text for s in captioned.shots] == [model.chat(frames, CAPTION_PROMPT, max_new_tokens=8)]
 
 
+def test_a_long_shot_is_read_thinned(tokenizer):  # noqa: F811
+    model = timed_model(tokenizer)
+    frames = two_shots(length=20, cut=20)
+    kept = [0, 5, 10, 14, 19]  # 5 of 20, spread evenly
+    captioned = caption_by_shots(model, frames, ShotConfig(max_frames=5), max_new_tokens=8)
+    thinned = Video(frames[kept], torch.tensor(kept, dtype=torch.float64), 20.0, "")
+    assert captioned.shots[0].text == model.chat(thinned, CAPTION_PROMPT, max_new_tokens=8)
+    assert captioned.shots[0].end == 20 and captioned.frames == 20
+
+
 def test_a_bad_batch_is_refused(tokenizer):  # noqa: F811
     with pytest.raises(ConfigError, match="batch"):
         caption_by_shots(timed_model(tokenizer), two_shots(), batch=0)
@@ -79,8 +91,11 @@ def test_caption_shots_on_the_command_line(capsys, model_dir, video):  # noqa: F
     result = json.loads(out)
     assert code == 0 and result.keys() == {"caption", "frames", "seconds", "shots", "cuts"}
     assert result["frames"] == 12 and result["shots"][0]["start"] == 0 and result["shots"][-1]["end"] == 12
-    assert result["cuts"] == {"cut_share": 0.2, "pixel_delta": 24, "min_frames": 1}
+    assert result["cuts"] == {"cut_share": 0.2, "pixel_delta": 24, "min_frames": 1, "max_frames": 16}
     code, _, err = run(capsys, "caption", video, "--shots", "--max-frames", 4, "--model", model_dir)
     assert code == 1 and "drop --max-frames" in err
     code, _, err = run(capsys, "caption", video, "--shots", "--cut-share", 2, "--model", model_dir)
     assert code == 1 and "cut_share" in err
+    code, out, _ = run(capsys, "caption", video, "--shots", "--shot-frames", "all", "--model", model_dir,
+                       "--device", "cpu", "--max-new-tokens", 6, "--json", "--quiet")
+    assert code == 0 and json.loads(out)["cuts"]["max_frames"] is None

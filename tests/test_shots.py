@@ -64,7 +64,8 @@ def test_frames_of_another_size_are_refused():
 
 @pytest.mark.parametrize("kwargs, message", [({"cut_share": 0}, "cut_share"), ({"cut_share": 1.5}, "cut_share"),
                                              ({"cut_share": float("nan")}, "cut_share"), ({"pixel_delta": 255}, "255"),
-                                             ({"pixel_delta": -1}, "pixel_delta"), ({"min_frames": 0}, "min_frames")])
+                                             ({"pixel_delta": -1}, "pixel_delta"), ({"min_frames": 0}, "min_frames"),
+                                             ({"max_frames": 0}, "max_frames")])
 def test_bad_settings_are_refused_by_name(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         ShotConfig(**kwargs)

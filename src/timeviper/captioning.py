@@ -6,7 +6,9 @@ at 256 s). Cut at its shots (timeviper.shots), a video becomes a row of short vi
 describes well:
 
 1. every frame is encoded once (timeviper.clips), and the video is cut into shots as its frames stream by;
-2. each shot is captioned as a video of its own (its frames re-timed from its start), `batch` shots decoded together;
+2. each shot is captioned as a video of its own (its frames re-timed from its start; at most `config.max_frames` of
+   them, 16 by default, spread evenly: the embedded model describes a long scene better from fewer frames, chosen on
+   validation videos of 256 and 2,000 s), `batch` shots decoded together;
 3. the captions are joined: in the synthetic world's grammar ("Scene 1: a teal background with ..."), their scenes
    are numbered afresh and a scene split across two shots (same background, one after the other) becomes one, with
    the actors of both; any other text is joined shot by shot after its time span ("[0-12 s] ...").
@@ -68,7 +70,8 @@ def caption_by_shots(model, video, config: ShotConfig = ShotConfig(), fps: float
     shots = []
     for first in range(0, len(spans), batch):
         group = spans[first:first + batch]
-        prefilled = [model.prefill_tokens(encoded.clip(model, a, b, times[a], chunk_frames), CAPTION_PROMPT)
+        prefilled = [model.prefill_tokens(encoded.clip(model, a, b, times[a], chunk_frames, config.max_frames),
+                                         CAPTION_PROMPT)
                      for a, b in group]
         texts = model.decode(prefilled, max_new_tokens)
         shots += [ShotCaption(times[a], times[b - 1] + 1 / fps, text) for (a, b), text in zip(group, texts)]

@@ -45,6 +45,15 @@ def logn_length(text: str) -> int | None | str:
     return token_length(text)
 
 
+def frames_or_all(text: str) -> int | None | str:
+    """A number of frames >= 1, 'all' (None) or 'default'."""
+    if text in ("all", "default"):
+        return None if text == "all" else text
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of frames >= 1 or 'all', got {text!r}")
+    return int(text)
+
+
 def logn_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--logn-length", type=logn_length, default="default", metavar="N|none|default",
                    help="scale attention past N tokens (log n / log N) for videos longer than training's; "
@@ -153,7 +162,8 @@ def caption_shot_by_shot(args) -> None:
 
     if args.max_frames is not None:
         raise ConfigError("caption --shots reads every frame at --fps (shots are runs of frames): drop --max-frames")
-    config = ShotConfig(args.cut_share, min_frames=args.min_shot_frames)
+    thinning = {} if args.shot_frames == "default" else {"max_frames": args.shot_frames}
+    config = ShotConfig(args.cut_share, min_frames=args.min_shot_frames, **thinning)
     frame_chunks(args.video, args.fps)  # opens it: a bad file fails before the model loads
     model = load_model(args)
     start = time.perf_counter()
@@ -291,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --shots: share of pixels that must change between two frames for a cut (default 0.2)")
     p.add_argument("--min-shot-frames", type=int, default=1,
                    help="with --shots: no shot has fewer frames; nearer cuts are dropped (default 1)")
+    p.add_argument("--shot-frames", type=frames_or_all, default="default", metavar="N|all",
+                   help="with --shots: frames of a shot read at most, spread evenly (default: timeviper.shots."
+                        "ShotConfig's, 16)")
     p.set_defaults(run=cmd_caption)
 
     p = sub.add_parser("demo", help="render a sample video; answer, ground and caption it")

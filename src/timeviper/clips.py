@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from timeviper.errors import ConfigError
+from timeviper.video import kept_samples
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,13 @@ class EncodedVideo:
         """Seconds the frames cover: up to the last one's end."""
         return float(self.times[-1]) + 1 / self.fps
 
-    def clip(self, model, a: int, b: int, origin: float, chunk_frames: int = 256) -> Iterator[Tensor]:
-        """The model's input for frames [a, b), their times counted from `origin` seconds: chunks [1, f * n, C]
-        for TimeViper.prefill_tokens."""
-        for s in range(a, b, chunk_frames):
-            e = min(s + chunk_frames, b)
-            yield model.add_frame_times(self.tokens[s:e], self.times[s:e] - origin).flatten(0, 1)[None]
+    def clip(self, model, a: int, b: int, origin: float, chunk_frames: int = 256,
+             max_frames: int | None = None) -> Iterator[Tensor]:
+        """The model's input for frames [a, b) (at most `max_frames` of them, spread evenly, the first and last
+        kept), their times counted from `origin` seconds: chunks [1, f * n, C] for TimeViper.prefill_tokens."""
+        index = a + torch.from_numpy(kept_samples(b - a, max_frames, "uniform")).long()  # [f]
+        for chunk in index.split(chunk_frames):
+            yield model.add_frame_times(self.tokens[chunk], self.times[chunk] - origin).flatten(0, 1)[None]
 
 
 def encode(model, video, fps: float = 1.0, chunk_frames: int = 256,

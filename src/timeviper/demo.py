@@ -1,8 +1,8 @@
 """`timeviper demo`: render a synthetic test video, then show the model's answers next to the truth.
 
-One video of the test split, a couple of minutes long, asked the three tasks: a multiple-choice
-question about its needle (a scene of a few seconds), a grounding query and a caption, each with the model's answer, the truth, a score and the
-seconds it took. Uses rich for the layout when it is installed.
+One video of the test split, a couple of minutes long, asked the three tasks: a multiple-choice question about its
+needle (a scene of a few seconds), a grounding query and a caption (in one pass, and shot by shot), each with the
+model's answer, the truth, a score and the seconds it took. Uses rich for the layout when it is installed.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ def run_demo(args) -> None:
     from timeviper.eval.metrics import caption_event_f1, caption_scene_f1, temporal_iou
     from timeviper.eval.runner import predict
     from timeviper.model import TimeViper
+    from timeviper.shots import ShotConfig
     from timeviper.synth import TASKS, make_item, write_mp4
 
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
@@ -31,6 +32,7 @@ def run_demo(args) -> None:
     video = write_mp4(made["mcq"][0], out / "video.mp4")
     items = {task: item for task, (_, item) in made.items()}
     pred = {task: predict(model, str(video), item) for task, item in items.items()}
+    by_shots = predict(model, str(video), items["caption"], shots=ShotConfig())
 
     mcq, tvg, cap = items["mcq"], items["tvg"], items["caption"]
     letter = pred["mcq"]["answer"]
@@ -58,6 +60,13 @@ def run_demo(args) -> None:
             ("scene F1", f"{caption_scene_f1(pred['caption']['caption'], cap['caption']):.2f}   event F1 "
                          f"{caption_event_f1(pred['caption']['caption'], cap['caption']):.2f}"),
             ("time", f"{pred['caption']['seconds']:.2f} s"),
+        ]),
+        ("Caption, shot by shot (caption --shots)", [
+            ("model", by_shots["caption"] or "(empty)"),
+            ("shots", "  ".join(f"{a:.0f}-{b:.0f} s" for a, b in by_shots["shots"])),
+            ("scene F1", f"{caption_scene_f1(by_shots['caption'], cap['caption']):.2f}   event F1 "
+                         f"{caption_event_f1(by_shots['caption'], cap['caption']):.2f}"),
+            ("time", f"{by_shots['seconds']:.2f} s"),
         ]),
     ]
     title = (f"TimeViper demo: {video} ({FRAMES} s at 1 fps, {size}x{size} px, synthetic test seed {SEED}; "

@@ -6,6 +6,7 @@ frame starts a new shot when at least `cut_share` of its pixels differ from the 
 world's validation videos (100 of 256 s) the share is at least 0.30 at every scene change and at most 0.12
 within a scene (objects are a sixteenth of the frame), so the default 0.2 finds exactly its scenes. Fades,
 camera motion and flashes are not cuts this measure knows; on real video tune `cut_share` and `min_frames`.
+`max_frames` is for the shots' readers (timeviper.captioning): how many frames of a shot the model is shown.
 
     cuts = ShotCuts()
     for chunk in frame_chunks("video.mp4"):
@@ -33,6 +34,7 @@ class ShotConfig:
     cut_share: float = 0.2  # share of pixels that must change for a cut
     pixel_delta: int = 24  # a pixel changes when a channel moves by more than this (0-255)
     min_frames: int = 1  # no shot is shorter (unless the video is): cuts this near the last or the end are dropped
+    max_frames: int | None = 16  # frames of a shot the model reads at most, spread evenly; None: all
 
     def __post_init__(self):
         if isinstance(self.cut_share, bool) or not isinstance(self.cut_share, (int, float)) \
@@ -42,6 +44,8 @@ class ShotConfig:
         if self.pixel_delta > 254:
             raise ConfigError(f"shots: pixel_delta must be below 255, got {self.pixel_delta}")
         check_int("shots: min_frames", self.min_frames, 1)
+        if self.max_frames is not None:
+            check_int("shots: max_frames", self.max_frames, 1)
 
 
 def shrink(frames: Tensor) -> Tensor:
