@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from timeviper.errors import TimeViperError
@@ -107,31 +108,41 @@ def cmd_ground(args) -> None:
     emit(args, result, f"{span[0]:.1f} - {span[1]:.1f} seconds" if span else f"(no time span in: {text!r})")
 
 
+@contextmanager
+def whole_video(args, command: str, why: str, part: str):
+    """For commands that read every frame at --fps: refuse --max-frames, open the video (a bad file fails before the
+    model loads), load the model; yield (model, on_frames, on_part(done, total)): progress bars for the frames
+    encoded and for the `part`s of the video (windows, shots) done."""
+    from tqdm import tqdm
+
+    from timeviper.errors import ConfigError
+    from timeviper.model import frame_chunks
+
+    if args.max_frames is not None:
+        raise ConfigError(f"{command} reads every frame at --fps ({why}): drop --max-frames")
+    frame_chunks(args.video, args.fps)
+    model = load_model(args)
+    with tqdm(desc="frames", unit="frame", disable=args.quiet, file=sys.stderr, leave=False) as frames, \
+            tqdm(desc=f"{part}s", unit=part, disable=args.quiet, file=sys.stderr, leave=False) as parts:
+        def done(count: int, total: int) -> None:
+            parts.total = total
+            parts.update(count - parts.n)
+
+        yield model, frames.update, done
+
+
 def ground_by_search(args) -> None:
     """`ground --search`: timeviper.grounding.search, with a bar for the frames and one for the windows."""
     from dataclasses import asdict
 
-    from tqdm import tqdm
-
-    from timeviper.errors import ConfigError
     from timeviper.grounding import SearchConfig, search
-    from timeviper.model import frame_chunks
 
-    if args.max_frames is not None:
-        raise ConfigError("ground --search reads every frame at --fps (its windows are seconds of video): "
-                          "drop --max-frames")
     config = SearchConfig(args.window, args.stride, args.samples, max_new_tokens=args.max_new_tokens,
                           scales=args.scales, agreement_weight=args.agreement_weight)
-    frame_chunks(args.video, args.fps)  # opens it: a bad file fails before the model loads
-    model = load_model(args)
-    start = time.perf_counter()
-    with tqdm(desc="frames", unit="frame", disable=args.quiet, file=sys.stderr, leave=False) as frames, \
-            tqdm(desc="windows", unit="window", disable=args.quiet, file=sys.stderr, leave=False) as windows:
-        def window_done(done: int, total: int) -> None:
-            windows.total = total
-            windows.update(done - windows.n)
-
-        found = search(model, args.video, args.query, config, args.fps, args.chunk_frames, frames.update, window_done)
+    reading = whole_video(args, "ground --search", "its windows are seconds of video", "window")
+    with reading as (model, on_frames, on_window):
+        start = time.perf_counter()
+        found = search(model, args.video, args.query, config, args.fps, args.chunk_frames, on_frames, on_window)
     result = {"start": found.start, "end": found.end, "frames": found.frames,
               "seconds": round(time.perf_counter() - start, 3),
               "search": {**asdict(config), "window": found.window, "stride": found.stride},
@@ -153,28 +164,16 @@ def caption_shot_by_shot(args) -> None:
     """`caption --shots`: timeviper.captioning.caption_by_shots, with a bar for the frames and one for the shots."""
     from dataclasses import asdict
 
-    from tqdm import tqdm
-
     from timeviper.captioning import caption_by_shots
-    from timeviper.errors import ConfigError
-    from timeviper.model import frame_chunks
     from timeviper.shots import ShotConfig
 
-    if args.max_frames is not None:
-        raise ConfigError("caption --shots reads every frame at --fps (shots are runs of frames): drop --max-frames")
     thinning = {} if args.shot_frames == "default" else {"max_frames": args.shot_frames}
     config = ShotConfig(args.cut_share, min_frames=args.min_shot_frames, **thinning)
-    frame_chunks(args.video, args.fps)  # opens it: a bad file fails before the model loads
-    model = load_model(args)
-    start = time.perf_counter()
-    with tqdm(desc="frames", unit="frame", disable=args.quiet, file=sys.stderr, leave=False) as frames, \
-            tqdm(desc="shots", unit="shot", disable=args.quiet, file=sys.stderr, leave=False) as shots:
-        def shot_done(done: int, total: int) -> None:
-            shots.total = total
-            shots.update(done - shots.n)
-
+    reading = whole_video(args, "caption --shots", "shots are runs of frames", "shot")
+    with reading as (model, on_frames, on_shot):
+        start = time.perf_counter()
         found = caption_by_shots(model, args.video, config, args.fps, args.chunk_frames, args.max_new_tokens,
-                                 on_frames=frames.update, on_shot=shot_done)
+                                 on_frames=on_frames, on_shot=on_shot)
     result = {"caption": found.caption, "frames": found.frames, "seconds": round(time.perf_counter() - start, 3),
               "shots": [asdict(shot) for shot in found.shots], "cuts": asdict(config)}
     emit(args, result, found.caption)
