@@ -142,18 +142,18 @@ def search(model, video, query: str, config: SearchConfig = SearchConfig(), fps:
     """When `query` happens in `video` (a path, a decoded timeviper.video.Video, or uint8 frames [T, H, W, 3] taken
     as sampled at `fps`), by the search above. `on_frames(n)` is told of frames encoded, `on_window(i, total)` of
     windows done."""
-    video = encode(model, video, fps, chunk_frames, on_frames)  # tokens [F, n, C], times [F] seconds
-    times = video.times
+    encoded = encode(model, video, fps, chunk_frames, on_frames)  # tokens [F, n, C], times [F] seconds
+    times = encoded.times
     instruction = grounding_prompt(query)
 
     def sampled_spans(a: int, b: int, origin: float, seed: int) -> list[TimeSpan | None]:
         """The spans of `samples` answers about frames [a, b), their times counted from `origin` seconds."""
-        prefilled = model.prefill_tokens(video.clip(model, a, b, origin, chunk_frames), instruction)
+        prefilled = model.prefill_tokens(encoded.clip(model, a, b, origin, chunk_frames), instruction)
         texts = model.decode([prefilled] * config.samples, config.max_new_tokens, temperature=1.0, seed=seed)
         return [parse_time_span(t) for t in texts]
 
     prior = sampled_spans(0, len(times), 0.0, config.seed)
-    duration = video.duration
+    duration = encoded.duration
     lengths = config.lengths(duration)  # [(window, stride)], longest first
     passes = [(start, window) for window, stride in lengths for start in window_starts(duration, window, stride)]
     found = []  # (span, window start, window length, consensus) of every window whose answers hold a span

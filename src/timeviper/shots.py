@@ -75,14 +75,13 @@ class ShotCuts:
         """The next uint8 frames [T, H, W, 3] of the video."""
         if not len(frames):
             return
-        x = shrink(frames)
+        x, first = shrink(frames), self.frames  # first: the frame x[0] is
         if self._last is not None:
             if self._last.shape != x[:1].shape:
                 raise ConfigError(f"shots: frames of {tuple(frames.shape[1:])} follow frames of another size")
-            x = torch.cat([self._last, x])
-        share = changed_share(x, self.config.pixel_delta)  # [len(x) - 1]
-        first = self.frames - (self._last is not None) + 1  # the frame x[1] is
-        self.cuts += (first + torch.nonzero(share >= self.config.cut_share).flatten()).tolist()
+            x, first = torch.cat([self._last, x]), first - 1
+        share = changed_share(x, self.config.pixel_delta)  # [len(x) - 1]: share[i] is of frame first + 1 + i
+        self.cuts += (first + 1 + torch.nonzero(share >= self.config.cut_share).flatten()).tolist()
         self.frames += len(frames)
         self._last = x[-1:]
 

@@ -39,6 +39,7 @@ from timeviper.shots import ShotConfig
 BENCHMARKS = {"synth-mcq": "mcq", "synth-tvg": "tvg", "synth-caption": "caption", "synth-needle": "mcq"}
 FIELDS = {"mcq": ("question", "options", "answer"), "tvg": ("query", "start", "end"), "caption": ("caption",)}
 MAX_NEW_TOKENS = {"mcq": 12, "tvg": 24, "caption": 512}
+WHOLE_VIDEO_MODES = {"tvg": "search", "caption": "shots"}  # task -> its mode over every frame: flag and record key
 
 
 def parse_answer(task: str, text: str) -> dict:
@@ -155,15 +156,16 @@ def run_benchmark(args) -> None:
     suffix = "" if count == 1 else f".{index}-of-{count}"
     path = out / f"predictions{suffix}.jsonl"
     done = read_predictions(path, {item["id"] for item in mine})
-    for flag, wanted, asked in (("--search", "tvg", args.search), ("--shots", "caption", args.shots)):
-        if asked and task != wanted:
-            raise ConfigError(f"{flag} is for {wanted} benchmarks; {args.benchmark} is {task}")
+    for wanted, flag in WHOLE_VIDEO_MODES.items():
+        if getattr(args, flag) and task != wanted:
+            raise ConfigError(f"--{flag} is for {wanted} benchmarks; {args.benchmark} is {task}")
+    mode = WHOLE_VIDEO_MODES.get(task)
+    on = bool(mode and getattr(args, mode))
+    if mode and any((mode in r) != on for r in done.values()):
+        raise ConfigError(f"{path} holds predictions made {'without' if on else 'with'} --{mode}: "
+                          "use the same mode or another --output")
     search = SearchConfig() if args.search else None
     shots = ShotConfig() if args.shots else None
-    mode, flag, on = ("shots", "--shots", args.shots) if task == "caption" else ("search", "--search", args.search)
-    if any((mode in r) != on for r in done.values()):
-        raise ConfigError(f"{path} holds predictions made {'without' if on else 'with'} {flag}: "
-                          "use the same mode or another --output")
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in done.values()))  # drop a torn last line
     todo = [item for item in mine if item["id"] not in done]
     if todo:
