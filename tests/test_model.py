@@ -55,6 +55,25 @@ def test_save_and_load_roundtrip(model, tmp_path):
     assert back.chat(frames(5), "Describe.", max_new_tokens=4) == model.chat(frames(5), "Describe.", max_new_tokens=4)
 
 
+def test_instruction_before_video_reaches_the_prefill_and_round_trips(model, tmp_path):
+    """The vision tokens are read after the instruction, so the same instruction after them answers differently."""
+    video = model.embed_frames(frames(4))[None]
+    logits = [model.prefill_tokens([video], "What is shown?")[1]]
+    model.config.instruction_before_video = True
+    try:
+        logits.append(model.prefill_tokens([video], "What is shown?")[1])
+        model.save_pretrained(tmp_path)
+    finally:
+        model.config.instruction_before_video = False
+    assert not torch.allclose(*logits)
+    assert json.loads((tmp_path / "config.json").read_text())["instruction_before_video"] is True
+    back = TimeViper.from_pretrained(tmp_path)
+    assert back.config.instruction_before_video is True
+    torch.testing.assert_close(back.prefill_tokens([video], "What is shown?")[1], logits[1])
+    with pytest.raises(ConfigError, match="instruction_before_video"):
+        TimeViperConfig(LLM, VISION, transv="none", instruction_before_video="yes")
+
+
 def test_chat_on_a_video_file(model, tmp_path):
     from timeviper.synth.render import write_mp4
     from timeviper.synth.world import make_video

@@ -33,6 +33,22 @@ def test_labels_cover_answers_only(tok, mark):
     assert tok.decode(enc.ids[enc.vision_at:enc.instruction_end]).startswith("Q1")
 
 
+def test_instruction_before_video_asks_twice(tok):
+    """The instruction also goes before the vision slot; what follows the slot (TransV's instruction) is unchanged."""
+    plain = encode_prompt(tok, "Which way?", system="Be brief.")
+    first = encode_prompt(tok, "Which way?", system="Be brief.", instruction_before_video=True)
+    assert tok.decode(first.ids[:first.vision_at]).endswith("Be brief.Which way?\n")
+    assert first.ids[first.vision_at:] == plain.ids[plain.vision_at:]
+    assert first.instruction_end - first.vision_at == plain.instruction_end - plain.vision_at
+    turns = [{"from": "human", "value": "Intro <video>\nQ1"}, {"from": "gpt", "value": "A1"},
+             {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]
+    enc = encode_conversation(tok, turns, instruction_before_video=True)
+    assert tok.decode(enc.ids[:enc.vision_at]).endswith("Intro Q1\n")  # the first question only
+    assert [x for x in enc.labels if x != -100] == [x for x in encode_conversation(tok, turns).labels if x != -100]
+    alone = encode_conversation(tok, [{"from": "human", "value": "<video>"}], instruction_before_video=True)
+    assert alone.ids == encode_conversation(tok, [{"from": "human", "value": "<video>"}]).ids  # nothing to repeat
+
+
 def test_bad_conversations(tok):
     with pytest.raises(ConfigError, match="start with a human"):
         encode_conversation(tok, [{"from": "gpt", "value": "x"}])

@@ -141,6 +141,16 @@ def test_logn_length_is_applied_and_recorded(model_dir, tmp_path, calls):
     assert sweep(model_dir, out, *args, "--logn-length", "none") == 1  # another setting: refused
 
 
+def test_instruction_before_video_is_applied_and_recorded(model_dir, tmp_path, calls):
+    out = tmp_path / "sweep.json"
+    args = ("--tasks", "mcq", "--frames", "8", "--items", "1", "--transv", "default")
+    assert sweep(model_dir, out, *args, "--instruction-before-video", "on") == 0
+    assert json.loads(out.read_text())["settings"]["instruction_before_video"] is True
+    ((model, _, _),) = calls
+    assert model.config.instruction_before_video is True
+    assert sweep(model_dir, out, *args) == 1  # the model's own layout is another setting: refused
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--tasks", "mcq,qa"], "unknown task 'qa'"),
     (["--frames", "8,0"], "--frames must be positive whole seconds"),

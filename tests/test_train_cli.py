@@ -133,6 +133,28 @@ def test_a_pretrained_model_learns_frame_times(tmp_path):
     assert main(["train", "--config", str(write(tmp_path / "bad.yaml", tree)), "--output", str(tmp_path / "bad")]) == 1
 
 
+def test_training_asks_before_the_video_when_told(tmp_path, monkeypatch):
+    """model.instruction_before_video: the samples trained on hold the instruction before the video, and the
+    exported model asks so too."""
+    from timeviper.data import records
+
+    seen = []
+    make_sample = records.make_sample
+    monkeypatch.setattr("timeviper.data.synth_source.make_sample",
+                        lambda sample_id, text, *a, **k: seen.append(text) or make_sample(sample_id, text, *a, **k))
+    tree = yaml.safe_load(tiny_config(tmp_path / "tiny.yaml").read_text())
+    tree["model"]["instruction_before_video"] = True
+    assert main(["train", "--config", str(write(tmp_path / "first.yaml", tree)), "--output", str(tmp_path / "run"),
+                 "--max-steps", "1", "--export", str(tmp_path / "model")]) == 0
+    model = TimeViper.from_pretrained(tmp_path / "model")
+    assert model.config.instruction_before_video is True
+    decode = model.tokenizer.decode
+    assert seen and all(decode(t.ids[:t.vision_at]).endswith(decode(t.ids[t.vision_at:t.instruction_end]) + "\n")
+                        for t in seen)
+    tree["model"]["instruction_before_video"] = "yes"
+    assert main(["train", "--config", str(write(tmp_path / "bad.yaml", tree)), "--output", str(tmp_path / "bad")]) == 1
+
+
 def write(path: Path, tree: dict) -> Path:
     path.write_text(yaml.safe_dump(tree))
     return path

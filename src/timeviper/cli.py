@@ -216,8 +216,9 @@ def cmd_train(args) -> None:
     try:
         torch.manual_seed(config.train.seed)  # the same random parts on every rank and in every run
         model = build_model(config, device=env.device)  # straight onto this rank's GPU, in float32
-        data = build_train_data(config, tokenize=partial(encode_conversation, model.tokenizer,
-                                                         system=model.config.system_prompt),
+        data = build_train_data(config, tokenize=partial(
+                                    encode_conversation, model.tokenizer, system=model.config.system_prompt,
+                                    instruction_before_video=model.config.instruction_before_video),
                                 tokens_per_frame=model.config.tokens_per_frame, rank=env.rank,
                                 world_size=env.world_size)
         try:

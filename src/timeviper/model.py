@@ -44,25 +44,31 @@ class TimeViperConfig:
     system_prompt: str = SYSTEM_PROMPT
     feature_layer: int = -1
     time_period: float | None = None  # frame-time embedding's longest period in seconds (None: off, as the paper)
+    instruction_before_video: bool = False  # the instruction also before the video (see encode_conversation)
     extra: dict = field(default_factory=dict)  # free-form (e.g. the training recipe), kept on save
 
     def __post_init__(self):
         parse_transv(self.transv, self.llm)  # fail early, naming the bad part
         check_time_period(self.time_period)
+        if not isinstance(self.instruction_before_video, bool):
+            raise ConfigError(f"instruction_before_video must be true or false, got {self.instruction_before_video!r}")
 
     def to_dict(self) -> dict:
-        timed = {} if self.time_period is None else {"time_period": self.time_period}  # written only when set
+        # written only when set, so that configs of the paper's layout stay as they were
+        timed = {} if self.time_period is None else {"time_period": self.time_period}
+        asked_first = {"instruction_before_video": True} if self.instruction_before_video else {}
         return {"model_type": "timeviper", "llm": config_to_hf(self.llm, torch.float32), "vision": self.vision,
                 "tokens_per_frame": self.tokens_per_frame, "transv": self.transv,
                 "chat_template": self.chat_template, "system_prompt": self.system_prompt,
-                "feature_layer": self.feature_layer, **timed, "extra": self.extra}
+                "feature_layer": self.feature_layer, **timed, **asked_first, "extra": self.extra}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "TimeViperConfig":
         if raw.get("model_type") != "timeviper":
             raise CheckpointError(f"config.json has model_type {raw.get('model_type')!r}, expected 'timeviper' "
                                   "(to start from a SigLIP and an LLM directory, use TimeViper.from_parts)")
-        keys = ("tokens_per_frame", "transv", "chat_template", "system_prompt", "feature_layer", "time_period", "extra")
+        keys = ("tokens_per_frame", "transv", "chat_template", "system_prompt", "feature_layer", "time_period",
+                "instruction_before_video", "extra")
         try:
             return cls(llm=config_from_hf(raw["llm"]), vision=raw["vision"], **{k: raw[k] for k in keys if k in raw})
         except (KeyError, TypeError) as e:
@@ -283,7 +289,7 @@ class TimeViper(nn.Module):
         """Prefill from vision tokens already made (chunks [1, n, C] of embed_frames' or add_frame_times' output,
         in order): returns (cache, logits of the next token [1, V])."""
         tok = self._require_tokenizer()
-        enc = encode_prompt(tok, instruction, self.config.system_prompt)
+        enc = encode_prompt(tok, instruction, self.config.system_prompt, self.config.instruction_before_video)
         ids = torch.tensor(enc.ids, device=self.device)[None]
         embed = self.llm.embed_tokens(ids)
         cache = self.llm.new_cache(1)

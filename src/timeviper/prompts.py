@@ -85,16 +85,21 @@ class Encoded:
     instruction_end: int = 0
 
 
-def encode_prompt(tok: TextTokenizer, instruction: str, system: str = SYSTEM_PROMPT) -> Encoded:
+def encode_prompt(tok: TextTokenizer, instruction: str, system: str = SYSTEM_PROMPT,
+                  instruction_before_video: bool = False) -> Encoded:
     """The inference prompt: system, video, instruction, and the opening of the assistant turn."""
-    return encode_conversation(tok, [{"from": "human", "value": f"{VIDEO_PLACEHOLDER}\n{instruction}"}], system)
+    return encode_conversation(tok, [{"from": "human", "value": f"{VIDEO_PLACEHOLDER}\n{instruction}"}], system,
+                               instruction_before_video)
 
 
-def encode_conversation(tok: TextTokenizer, turns: list[dict], system: str = SYSTEM_PROMPT) -> Encoded:
+def encode_conversation(tok: TextTokenizer, turns: list[dict], system: str = SYSTEM_PROMPT,
+                        instruction_before_video: bool = False) -> Encoded:
     """LLaVA-style turns [{"from": "human"|"gpt", "value": ...}] -> Encoded with labels on "gpt" turns.
 
     The first human turn carries the video: at its `<video>` (or `<image>`) placeholder, or at its start
-    if it has none.
+    if it has none. With `instruction_before_video` its instruction (the text after the video) is also put
+    before the video, so that the recurrent layers read the video knowing what is asked (as "just read
+    twice" prompting does for recurrent LMs); it still follows the video, where TransV reads it.
     A conversation that ends with a human turn is an inference prompt (it ends opening the assistant turn).
     """
     t = tok.template
@@ -114,6 +119,8 @@ def encode_conversation(tok: TextTokenizer, turns: list[dict], system: str = SYS
             if i == 0:
                 mark = next((m for m in PLACEHOLDERS if m in value), None)
                 before, _, after = value.partition(mark) if mark else ("", "", value)
+                if instruction_before_video and after.strip():
+                    before += after.strip() + "\n"
                 head, _, tail = t.user.partition("{content}")
                 add(system_block + head + before, False)
                 out.vision_at = len(out.ids)

@@ -3,7 +3,7 @@ files.
 
     python -m timeviper.eval.synth_sweep --tasks mcq,tvg,needle --frames 256,2000,10000 --items 50 \
         --transv default,none,uni_7_0.5 --out runs/sweep.json --plot runs/sweep.png [--model DIR] [--max-frames 1024] \
-        [--logn-length none|N]
+        [--logn-length none|N] [--instruction-before-video on|off]
 
 A cell (transv, task, length) asks the model about the first --items usable seeds of --split from its start +
 --seed-offset (test, from 1,100,000, for the numbers reported; validation, from 1,000,000, for choosing settings
@@ -18,7 +18,7 @@ OUT is JSON, rewritten after each cell, so a rerun with the same OUT skips the c
 settings must match):
 
     {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"][, "split"][, "tvg_search"]
-                  [, "caption_shots"]},
+                  [, "caption_shots"][, "instruction_before_video"]},
      "cells": [{"transv", "spec", "task", "frames", "n", "metrics", "seconds", "seconds_per_item",
                 "frames_per_item", "seeds", "responses"}, ...]}
 
@@ -152,6 +152,8 @@ def sweep(args) -> list[dict]:
         settings["tvg_search"] = asdict(SearchConfig())
     if args.caption_shots:  # (nor do files of single-pass captions)
         settings["caption_shots"] = asdict(ShotConfig())
+    if args.instruction_before_video != "default":  # (nor do files of the model's own prompt layout)
+        settings["instruction_before_video"] = args.instruction_before_video == "on"
     out = Path(args.out)
     results = load_results(out, settings)
     found = {cell_key(cell): cell for cell in results["cells"]}
@@ -162,6 +164,8 @@ def sweep(args) -> list[dict]:
         for setting, keys in itertools.groupby(todo, key=lambda key: key[0]):
             model = load_model(argparse.Namespace(model=args.model, device=args.device, logn_length=args.logn_length,
                                                   transv=None if setting == "default" else setting))
+            if "instruction_before_video" in settings:
+                model.config.instruction_before_video = settings["instruction_before_video"]
             for key in keys:
                 bar.set_description(" ".join(map(str, key)))
                 found[key] = {"transv": setting, **run_cell(model, *key[1:], args, bar)}
@@ -218,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="ground tvg items by timeviper.grounding.search (its default settings), not one answer")
     parser.add_argument("--caption-shots", action="store_true",
                         help="caption caption items shot by shot (timeviper.captioning, its default settings)")
+    parser.add_argument("--instruction-before-video", choices=("default", "on", "off"), default="default",
+                        help="also ask the instruction before the video (on) or only after it (off); default: "
+                             "as the model was trained")
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
     parser.add_argument("--device", help="default: cuda if available (bf16), else cpu (fp32)")
     parser.add_argument("--out", required=True, help="results JSON; a rerun skips the cells it holds")

@@ -52,6 +52,8 @@ def build_model(config: Config, dtype: torch.dtype = torch.float32, device=None)
             model.set_time_period(m.time_period)
     else:
         model = tiny_model(m.tiny, m.transv, m.time_period).to(device=device, dtype=dtype)
+    if m.instruction_before_video is not None:
+        model.config.instruction_before_video = m.instruction_before_video
     model.vision.trainable = "vision" in config.train.trainable
     return model
 

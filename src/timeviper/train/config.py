@@ -48,6 +48,7 @@ class ModelConfig:
     init_checkpoint: str | None = None  # a checkpoint-STEP directory whose weights are loaded first
     transv: str | None = None  # TransV spec such as "uni_7_0.5-attn_39_0.9"; null: no compression
     time_period: float | None = None  # projector's frame-time embedding, longest period in s; null: none (paper)
+    instruction_before_video: bool | None = None  # the instruction also before the video; null: the model's own
 
     def __post_init__(self):
         sources = [name for name in ("llm", "pretrained", "tiny") if getattr(self, name) is not None]
@@ -64,6 +65,9 @@ class ModelConfig:
             _require_path(self.pretrained, "pretrained", "directory")
         _require_path(self.init_checkpoint, "init_checkpoint", "checkpoint")
         check_time_period(self.time_period)
+        _require(self.instruction_before_video is None or isinstance(self.instruction_before_video, bool),
+                 "instruction_before_video",
+                 f"must be true, false or null, got {self.instruction_before_video!r}")
 
 
 @dataclass
