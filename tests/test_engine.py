@@ -13,7 +13,8 @@ HYBRID = LMConfig(vocab_size=53, hidden_size=32, pattern="M-M*-M-*-M-", num_head
 QWEN = LMConfig(model_type="qwen3", vocab_size=53, hidden_size=32, pattern="*-*-*-*-", num_heads=4, num_kv_heads=2,
                 head_dim=8, intermediate_size=48, mlp_act="swiglu", qk_norm=True, rope_theta=100.0)
 HYBRID_LOGN = HYBRID.replace(logn_attention_length=8)  # every query past the 8th token scaled, TransV's too
-SPECS = ["none", "uni_2_0.5", "td_2_0.5", "uni_2_0.5-attn_7_0.75", "uni_1_0.3-attn_3_0.5-tdattn_7_0.5"]
+SPECS = ["none", "uni_2_0.5", "td_2_0.5", "uni_2_0.5-attn_7_0.75", "uni_1_0.3-attn_3_0.5-tdattn_7_0.5",
+         "td_2_1", "uni_1_0.5-tdattn_7_1"]  # p = 1: every vision token leaves
 
 
 def build(cfg, spec):
@@ -41,7 +42,7 @@ def unchunked_logits(llm, transv, prefix, vision, instruction, extra=None):
 @pytest.mark.parametrize("chunk", [7, 64])
 def test_chunked_staged_prefill_matches_unchunked(cfg, spec, chunk):
     if "attn_7" in spec and cfg is QWEN:
-        spec = spec.replace("attn_7", "attn_6").replace("attn_3", "attn_2").replace("uni_1", "uni_1")
+        spec = spec.replace("attn_7", "attn_6").replace("attn_3", "attn_2")
     llm, transv = build(cfg, spec)
     torch.manual_seed(1)
     prefix, vision, instruction = torch.randn(1, 3, 32), torch.randn(1, 45, 32), torch.randn(1, 5, 32)
