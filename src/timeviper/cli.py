@@ -1,4 +1,4 @@
-"""The `timeviper` command line: ask, ground, caption, demo, synth, score, train, export, eval.
+"""The `timeviper` command line: ask, ground, caption, demo, synth, score, train, export, eval, analyze.
 
 Errors print one line on stderr and exit with 1 (usage errors: 2).
 """
@@ -247,6 +247,12 @@ def cmd_eval(args) -> None:
     run_benchmark(args)
 
 
+def cmd_analyze(args) -> None:
+    from timeviper.analysis.commands import run_analysis
+
+    run_analysis(args)
+
+
 # --- the parser ------------------------------------------------------------------------------------------------
 def video_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="a video or image file")
@@ -365,6 +371,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", action="store_true",
                    help="caption shot by shot (timeviper.captioning; default settings; every frame at 1 fps)")
     p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("analyze", help="look inside the LM: information blocking, token redundancy, attention maps (JSON + PNG)")
+    p.add_argument("analysis", choices=("blocking", "redundancy", "attention"),
+                   help="blocking: scores with vision cut from the instruction (V2I) or the response (V2R) by layer; "
+                        "redundancy: scores with a share of vision tokens dropped by layer; "
+                        "attention: the maps of every attention and Mamba-2 layer for one item")
+    p.add_argument("--out", required=True, help="directory for the JSON data and the figures")
+    p.add_argument("--model", default=None)
+    p.add_argument("--tasks", default="mcq", help="comma list of mcq, tvg, caption (attention: one task)")
+    p.add_argument("--frames", type=int, default=16, help="length of the synthetic videos (seconds at 1 fps)")
+    p.add_argument("--items", type=int, default=20, help="blocking, redundancy: items per task")
+    p.add_argument("--window", type=int, default=1,
+                   help="blocking: token-mixing layers cut from the starting layer on, within this many layers")
+    p.add_argument("--rates", default="0.5,0.9,1", help="redundancy: comma list of drop shares p")
+    p.add_argument("--strategies", default="uni,attn", help="redundancy: uni (even) and/or attn (least attended)")
+    p.add_argument("--split", choices=("test", "validation"), default="test")
+    p.add_argument("--seed-offset", type=int, default=0, help="first seed: the split's start + this")
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=cmd_analyze)
     return parser
 
 

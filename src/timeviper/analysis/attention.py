@@ -1,0 +1,75 @@
+"""Attention maps of one request (paper §4.3, Fig. 5 and 6): the mixing matrix of every attention layer (its
+weights) and Mamba-2 layer (its SSD matrix, analysis.mixing), over the model's own answer.
+
+A Mamba-2 row is not a distribution (its entries are signed and unnormalised): rows are compared as |M| shares,
+each row's absolute entries divided by their sum. `received` is the share of the attention of the tokens after
+the video (instruction and response) that lands on each token group, averaged over those tokens; `sink` the share
+that lands on the first token, averaged over every token after it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from timeviper.analysis.sequence import GROUPS, INSTRUCTION, greedy, request, run
+
+
+def shares(matrix: Tensor) -> Tensor:
+    """[H, T, T] -> [T, T]: every row's absolute entries as shares of their sum, averaged over heads."""
+    a = matrix.abs()
+    return (a / a.sum(-1, keepdim=True).clamp_min(1e-30)).mean(0)
+
+
+def summarize(layer_shares: Tensor, groups: Tensor) -> dict:
+    """{"received": {group: share}, "sink": share} of one layer's shares [T, T]."""
+    readers = groups >= INSTRUCTION  # [T] the text after the video
+    received = {name: round(float(layer_shares[readers][:, groups == g].sum(-1).mean()), 4)
+                for g, name in enumerate(GROUPS)}
+    return {"received": received, "sink": round(float(layer_shares[1:, 0].mean()), 4)}
+
+
+@torch.inference_mode()
+def attention_maps(model, frames: Tensor, times: Tensor, instruction: str, max_new_tokens: int = 24):
+    """(the answer, groups [T], {layer: shares [T, T]}) of `instruction` about frames shown at `times`."""
+    answered = greedy(model, request(model, frames, times, instruction), max_new_tokens)
+    _, matrices = run(model.llm, answered, maps=True)
+    return (model.tokenizer.decode(answered.response).strip(), answered.groups.cpu(),
+            {layer: shares(m).cpu() for layer, m in matrices.items()})
+
+
+def plot_maps(maps: dict[int, Tensor], groups: Tensor, kinds: dict[int, str], path) -> None:
+    """One heatmap per layer (log colour scale), the token groups' borders drawn."""
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    columns = min(len(maps), 5)
+    rows = -(-len(maps) // columns)
+    fig = Figure(figsize=(3 * columns, 3 * rows), layout="constrained")
+    borders = (torch.nonzero(groups.diff()).flatten() + 0.5).tolist()
+    for ax, (layer, m) in zip(fig.subplots(rows, columns, squeeze=False).flat, maps.items()):
+        ax.imshow(m.clamp_min(1e-6).numpy(), norm=LogNorm(1e-6, 1), cmap="viridis", interpolation="nearest")
+        for b in borders:
+            ax.axhline(b, color="white", linewidth=0.5)
+            ax.axvline(b, color="white", linewidth=0.5)
+        ax.set_title(f"layer {layer} ({kinds[layer]})", fontsize="small")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in fig.axes[len(maps):]:
+        ax.set_axis_off()
+    fig.savefig(path, dpi=120)
+
+
+def plot_received(summary: dict[int, dict], kinds: dict[int, str], path) -> None:
+    """The share each token group receives from the text after the video, by layer."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.4), layout="constrained")
+    ax = fig.subplots()
+    layers = list(summary)
+    for name in GROUPS:
+        ax.plot(range(len(layers)), [summary[l]["received"][name] for l in layers], marker="o", label=name)
+    ax.set_xticks(range(len(layers)), [f"{l}{'*' if kinds[l] == 'attention' else 'M'}" for l in layers])
+    ax.set(xlabel="layer (M Mamba-2, * attention)", ylabel="share of attention received", ylim=(-0.02, 1.02))
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,123 @@
+"""`timeviper analyze blocking|redundancy|attention --out DIR`: JSON data and PNG figures of the analyses on synthetic items."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from timeviper.eval.runner import MAX_NEW_TOKENS, write_atomic
+from timeviper.eval.synth_sweep import parse_list, sweep_items
+from timeviper.errors import ConfigError
+from timeviper.synth.world import check_int
+
+TASKS = tuple(MAX_NEW_TOKENS)  # mcq, tvg, caption
+
+
+def load(args):
+    """The model (TransV off: the backbone is analysed) and its layers' kinds."""
+    import argparse
+
+    from timeviper.cli import load_model
+
+    model = load_model(argparse.Namespace(model=args.model, device=args.device, transv="none",
+                                          logn_length="default"))
+    return model, {i: block.kind for i, block in enumerate(model.llm.layers)}
+
+
+def settings_of(args, **more) -> dict:
+    return {"model": args.model and str(Path(args.model).resolve()), "frames": args.frames, "split": args.split,
+            "seed_offset": args.seed_offset, **more}
+
+
+def parse_tasks(args) -> list[str]:
+    tasks = parse_list(args.tasks, "--tasks")
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ConfigError(f"unknown task {unknown[0]!r} in --tasks; expected some of {', '.join(TASKS)}")
+    check_int("--items", args.items, 1)
+    return tasks
+
+
+def run_blocking(args, out: Path) -> None:
+    from tqdm import tqdm
+
+    from timeviper.analysis.blocking import PAIRS, block_items, plot
+
+    tasks = parse_tasks(args)
+    model, kinds = load(args)
+    mixers = sum(kind != "mlp" for kind in kinds.values())
+    results = {}
+    with tqdm(total=len(tasks) * args.items * (1 + len(PAIRS) * mixers), unit="answer", file=sys.stderr) as bar:
+        for task in tasks:
+            bar.set_description(task)
+            items = sweep_items(task, args.frames, args.items, args.seed_offset, 64, args.split)
+            results[task] = block_items(model, task, items, args.window, on_answer=bar.update)
+    data = {"settings": settings_of(args, items=args.items, window=args.window), "results": results}
+    write_atomic(out / "blocking.json", json.dumps(data, indent=1) + "\n")
+    plot(results, kinds, out / "blocking.png")
+    for task, r in results.items():
+        print(f"{task}: unblocked {r['baseline']}")
+        for c in r["cells"]:
+            print(f"  {c['pair']} from layer {c['layer']:>2} ({kinds[c['layer']]}): {c['value']:.3f}")
+
+
+def run_redundancy(args, out: Path) -> None:
+    import argparse
+
+    from tqdm import tqdm
+
+    from timeviper.analysis.redundancy import plot, specs, sweep
+
+    tasks = parse_tasks(args)
+    rates = [float(r) for r in parse_list(args.rates, "--rates")]
+    model, kinds = load(args)
+    cells = specs(kinds, rates, parse_list(args.strategies, "--strategies"))
+    cell_args = argparse.Namespace(items=args.items, seed_offset=args.seed_offset, size=64, split=args.split,
+                                   frames=args.frames, max_frames=None, tvg_search=False, caption_shots=False)
+    results = {}
+    with tqdm(total=len(tasks) * args.items * (1 + len(cells)), unit="answer", file=sys.stderr) as bar:
+        for task in tasks:
+            bar.set_description(task)
+            results[task] = sweep(model, task, cells, cell_args, bar)
+    data = {"settings": settings_of(args, items=args.items, rates=rates, strategies=args.strategies),
+            "results": results}
+    write_atomic(out / "redundancy.json", json.dumps(data, indent=1) + "\n")
+    plot(results, kinds, out / "redundancy.png")
+    for task, r in results.items():
+        print(f"{task}: all kept {r['baseline']}")
+        for c in r["cells"]:
+            print(f"  {c['strategy']} p={c['p']:g} at layer {c['layer']:>2} ({kinds[c['layer']]}): {c['value']:.3f}")
+
+
+def run_attention(args, out: Path) -> None:
+    from timeviper.analysis.attention import attention_maps, plot_maps, plot_received, summarize
+    from timeviper.analysis.sequence import GROUPS
+    from timeviper.data.synth_source import sample_video, task_prompt
+
+    if args.tasks not in TASKS:
+        raise ConfigError(f"analyze attention takes one task of {', '.join(TASKS)}, got {args.tasks!r}")
+    model, kinds = load(args)
+    (spec, item), = sweep_items(args.tasks, args.frames, 1, args.seed_offset, 64, args.split)
+    video = sample_video(spec)
+    answer, groups, maps = attention_maps(model, video.frames, video.timestamps, task_prompt(item),
+                                          MAX_NEW_TOKENS[args.tasks])
+    summary = {layer: summarize(m, groups) for layer, m in maps.items()}
+    data = {"settings": settings_of(args, task=args.tasks), "item": item, "answer": answer,
+            "tokens": {name: int((groups == g).sum()) for g, name in enumerate(GROUPS)},
+            "layers": [{"layer": l, "kind": kinds[l], **s} for l, s in summary.items()]}
+    write_atomic(out / "attention.json", json.dumps(data, indent=1) + "\n")
+    plot_maps(maps, groups, kinds, out / "attention_maps.png")
+    plot_received(summary, kinds, out / "attention_received.png")
+    print(f"answer: {answer!r} (truth: {item.get('answer') or item.get('start', '')})")
+    for l, s in summary.items():
+        print(f"  layer {l:>2} ({kinds[l]}): sink {s['sink']:.3f}, received {s['received']}")
+
+
+def run_analysis(args) -> None:
+    check_int("--frames", args.frames, 1)
+    check_int("--seed-offset", args.seed_offset, 0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    {"blocking": run_blocking, "redundancy": run_redundancy, "attention": run_attention}[args.analysis](args, out)
+    print(f"wrote {out}")

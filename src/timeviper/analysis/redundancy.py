@@ -1,0 +1,55 @@
+"""Vision-token redundancy by depth (paper §3.1, Fig. 4): the task's score when a share p of the vision tokens is
+dropped, without transfer, on entering layer l: evenly spaced (TransV kind `td`) or the least attended by the last
+instruction token (`tdattn`, at attention layers only). Dropping runs through the usual inference (the engine's
+TransV path with `td_l_p` specs), so a cell costs what answering does."""
+
+from __future__ import annotations
+
+from timeviper.errors import ConfigError
+from timeviper.eval.synth_sweep import HEADLINE, run_cell
+
+STRATEGIES = {"uni": "td", "attn": "tdattn"}  # strategy -> TransV kind that drops without transfer
+
+
+def specs(kinds: dict[int, str], rates: list[float], strategies: list[str]) -> list[tuple[str, int, float]]:
+    """(strategy, layer, p) of every cell: each token-mixing layer (attention layers only for `attn`)."""
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"unknown strategy {unknown[0]!r}; expected some of {', '.join(STRATEGIES)}")
+    if not all(0 < p <= 1 for p in rates):
+        raise ConfigError(f"drop rates must be in (0, 1], got {rates}")
+    return [(s, layer, p) for s in strategies for layer, kind in kinds.items() if kind != "mlp"
+            and (s == "uni" or kind == "attention") for p in rates]
+
+
+def sweep(model, task: str, cells: list[tuple[str, int, float]], args, bar) -> dict:
+    """{"baseline": metrics with every token kept, "cells": [{"strategy", "layer", "p", "metrics", "value"}]}."""
+    model.set_transv("none")
+    baseline = run_cell(model, task, args.frames, args, bar)["metrics"]
+    out = []
+    for strategy, layer, p in cells:
+        model.set_transv(f"{STRATEGIES[strategy]}_{layer}_{p:g}")
+        metrics = run_cell(model, task, args.frames, args, bar)["metrics"]
+        out.append({"strategy": strategy, "layer": layer, "p": p, "metrics": metrics, "value": metrics[HEADLINE[task]]})
+    model.set_transv("none")
+    return {"baseline": baseline, "cells": out}
+
+
+def plot(results: dict, kinds: dict[int, str], path) -> None:
+    """Each task's headline metric against the layer where tokens drop, a line per (strategy, p)."""
+    from matplotlib.figure import Figure
+
+    tasks = list(results)
+    fig = Figure(figsize=(4.2 * len(tasks), 3.4), layout="constrained")
+    for ax, task in zip(fig.subplots(1, len(tasks), squeeze=False)[0], tasks):
+        cells = results[task]["cells"]
+        for strategy, p in dict.fromkeys((c["strategy"], c["p"]) for c in cells):
+            points = [(c["layer"], c["value"]) for c in cells if (c["strategy"], c["p"]) == (strategy, p)]
+            ax.plot(*zip(*points), marker="o" if strategy == "uni" else "s",
+                    linestyle="-" if strategy == "uni" else "--", label=f"{strategy} p={p:g}")
+        ax.axhline(results[task]["baseline"][HEADLINE[task]], color="grey", linestyle=":", label="all kept")
+        layers = sorted({c["layer"] for c in cells})
+        ax.set_xticks(layers, [f"{l}{'*' if kinds[l] == 'attention' else 'M'}" for l in layers], fontsize="small")
+        ax.set(title=task, xlabel="layer where vision tokens drop", ylabel=HEADLINE[task], ylim=(-0.02, 1.02))
+        ax.legend(fontsize="x-small")
+    fig.savefig(path, dpi=120)
