@@ -1,6 +1,7 @@
-"""scripts/fresh_lm.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions, scripts/probe_captions.py,
+"""scripts/fresh_lm.py, scripts/paired_bootstrap.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions, scripts/probe_captions.py,
 and the data lists that gpu_suite.sh's embedded step takes in place of a config's mix."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,31 @@ def test_caption_probe_tells_order_from_content():
     assert probe.order_forgiven(objects_swapped, truth)[0] < 1.0 == probe.order_forgiven(objects_swapped, truth)[1]
     assert max(probe.order_forgiven(cell["responses"][3], truth)) < 1.0  # a wrong background is content
     assert row["scene_f1"] < row["scene_order_forgiven"] < row["object_order_forgiven"] < 1.0
+
+
+def sweep_file(path, answers: list[str], seeds: list[int]) -> Path:
+    cell = {"transv": "default", "task": "mcq", "frames": 16, "seeds": seeds, "responses": answers,
+            "metrics": {"accuracy": 0.0}}
+    path.write_text(json.dumps({"settings": {"size": 64}, "cells": [cell]}))
+    return path
+
+
+def test_paired_bootstrap_scores_each_item_and_bounds_the_difference(tmp_path, capsys):
+    from timeviper.synth import make_item
+
+    bootstrap = load_script("paired_bootstrap")
+    seeds = list(range(1_100_000, 1_100_040))
+    truth = [make_item("mcq", seed, 16, 64)[1]["answer"] for seed in seeds]
+    wrong = [{"A": "B", "B": "C", "C": "D", "D": "A"}[t] for t in truth]
+    new = sweep_file(tmp_path / "new.json", truth, seeds)  # every answer right
+    base = sweep_file(tmp_path / "base.json", truth[:30] + wrong[30:], seeds)  # the last 10 wrong
+    assert bootstrap.main([str(new), str(base), "--samples", "2000"]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[:3] == ["mcq", "16", "default"] and row[5] == "+0.250" and row[-1] == "40"
+    lo, hi = (float(x) for x in " ".join(row[6:8]).strip("[]").split(", "))
+    assert 0.1 < lo < 0.25 < hi < 0.4
+    stripped = json.loads(base.read_text())
+    del stripped["cells"][0]["responses"]
+    base.write_text(json.dumps(stripped))
+    assert bootstrap.main([str(new), str(base)]) == 1
+    assert "holds no responses" in capsys.readouterr().err
