@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from timeviper.analysis.plots import layer_label
 from timeviper.analysis.sequence import GROUPS, INSTRUCTION, greedy, request, run
 
 
@@ -69,7 +70,7 @@ def plot_received(summary: dict[int, dict], kinds: dict[int, str], path) -> None
     layers = list(summary)
     for name in GROUPS:
         ax.plot(range(len(layers)), [summary[l]["received"][name] for l in layers], marker="o", label=name)
-    ax.set_xticks(range(len(layers)), [f"{l}{'*' if kinds[l] == 'attention' else 'M'}" for l in layers])
+    ax.set_xticks(range(len(layers)), [layer_label(l, kinds) for l in layers])
     ax.set(xlabel="layer (M Mamba-2, * attention)", ylabel="share of attention received", ylim=(-0.02, 1.02))
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)

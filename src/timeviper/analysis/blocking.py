@@ -10,6 +10,7 @@ instead need V2R early. A window of 1 cuts one layer; a window as deep as the LM
 
 from __future__ import annotations
 
+from timeviper.analysis.plots import by_layer
 from timeviper.analysis.sequence import INSTRUCTION, RESPONSE, VISION, greedy, request
 from timeviper.data.synth_source import sample_video, task_prompt
 from timeviper.errors import ConfigError
@@ -63,20 +64,5 @@ def block_items(model, task: str, items: list, window: int = 1, pairs=tuple(PAIR
 
 
 def plot(results: dict, kinds: dict[int, str], path) -> None:
-    """Each task's headline metric against the layer where blocking starts, a line per pair, the unblocked score
-    dashed; Mamba-2 layers marked M, attention layers *."""
-    from matplotlib.figure import Figure
-
-    tasks = list(results)
-    fig = Figure(figsize=(4.2 * len(tasks), 3.4), layout="constrained")
-    for ax, task in zip(fig.subplots(1, len(tasks), squeeze=False)[0], tasks):
-        cells = results[task]["cells"]
-        for pair in dict.fromkeys(c["pair"] for c in cells):
-            points = [(c["layer"], c["value"]) for c in cells if c["pair"] == pair]
-            ax.plot(*zip(*points), marker="o", label=pair.upper())
-        ax.axhline(results[task]["baseline"][HEADLINE[task]], color="grey", linestyle="--", label="no blocking")
-        layers = sorted({c["layer"] for c in cells})
-        ax.set_xticks(layers, [f"{l}{'*' if kinds[l] == 'attention' else 'M'}" for l in layers], fontsize="small")
-        ax.set(title=task, xlabel="layer where blocking starts", ylabel=HEADLINE[task], ylim=(-0.02, 1.02))
-        ax.legend(fontsize="small")
-    fig.savefig(path, dpi=120)
+    """Each task's headline metric against the layer where blocking starts, a line per pair."""
+    by_layer(results, kinds, path, lambda c: c["pair"].upper(), "layer where blocking starts", "no blocking")

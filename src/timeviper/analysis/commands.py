@@ -30,6 +30,16 @@ def settings_of(args, **more) -> dict:
             "seed_offset": args.seed_offset, **more}
 
 
+def report(stem: Path, settings: dict, results: dict, kinds: dict[int, str], plot, baseline: str, cell_name) -> None:
+    """STEM.json (settings and results), STEM.png (`plot`), and each task's cells printed."""
+    write_atomic(stem.with_suffix(".json"), json.dumps({"settings": settings, "results": results}, indent=1) + "\n")
+    plot(results, kinds, stem.with_suffix(".png"))
+    for task, r in results.items():
+        print(f"{task}: {baseline} {r['baseline']}")
+        for c in r["cells"]:
+            print(f"  {cell_name(c)} layer {c['layer']:>2} ({kinds[c['layer']]}): {c['value']:.3f}")
+
+
 def parse_tasks(args) -> list[str]:
     tasks = parse_list(args.tasks, "--tasks")
     unknown = [t for t in tasks if t not in TASKS]
@@ -53,13 +63,8 @@ def run_blocking(args, out: Path) -> None:
             bar.set_description(task)
             items = sweep_items(task, args.frames, args.items, args.seed_offset, 64, args.split)
             results[task] = block_items(model, task, items, args.window, on_answer=bar.update)
-    data = {"settings": settings_of(args, items=args.items, window=args.window), "results": results}
-    write_atomic(out / "blocking.json", json.dumps(data, indent=1) + "\n")
-    plot(results, kinds, out / "blocking.png")
-    for task, r in results.items():
-        print(f"{task}: unblocked {r['baseline']}")
-        for c in r["cells"]:
-            print(f"  {c['pair']} from layer {c['layer']:>2} ({kinds[c['layer']]}): {c['value']:.3f}")
+    report(out / "blocking", settings_of(args, items=args.items, window=args.window), results, kinds, plot,
+           "unblocked", lambda c: f"{c['pair']} from")
 
 
 def run_redundancy(args, out: Path) -> None:
@@ -80,14 +85,8 @@ def run_redundancy(args, out: Path) -> None:
         for task in tasks:
             bar.set_description(task)
             results[task] = sweep(model, task, cells, cell_args, bar)
-    data = {"settings": settings_of(args, items=args.items, rates=rates, strategies=args.strategies),
-            "results": results}
-    write_atomic(out / "redundancy.json", json.dumps(data, indent=1) + "\n")
-    plot(results, kinds, out / "redundancy.png")
-    for task, r in results.items():
-        print(f"{task}: all kept {r['baseline']}")
-        for c in r["cells"]:
-            print(f"  {c['strategy']} p={c['p']:g} at layer {c['layer']:>2} ({kinds[c['layer']]}): {c['value']:.3f}")
+    report(out / "redundancy", settings_of(args, items=args.items, rates=rates, strategies=args.strategies),
+           results, kinds, plot, "all kept", lambda c: f"{c['strategy']} p={c['p']:g} at")
 
 
 def run_attention(args, out: Path) -> None:

@@ -5,6 +5,7 @@ TransV path with `td_l_p` specs), so a cell costs what answering does."""
 
 from __future__ import annotations
 
+from timeviper.analysis.plots import by_layer
 from timeviper.errors import ConfigError
 from timeviper.eval.synth_sweep import HEADLINE, run_cell
 
@@ -37,19 +38,6 @@ def sweep(model, task: str, cells: list[tuple[str, int, float]], args, bar) -> d
 
 def plot(results: dict, kinds: dict[int, str], path) -> None:
     """Each task's headline metric against the layer where tokens drop, a line per (strategy, p)."""
-    from matplotlib.figure import Figure
-
-    tasks = list(results)
-    fig = Figure(figsize=(4.2 * len(tasks), 3.4), layout="constrained")
-    for ax, task in zip(fig.subplots(1, len(tasks), squeeze=False)[0], tasks):
-        cells = results[task]["cells"]
-        for strategy, p in dict.fromkeys((c["strategy"], c["p"]) for c in cells):
-            points = [(c["layer"], c["value"]) for c in cells if (c["strategy"], c["p"]) == (strategy, p)]
-            ax.plot(*zip(*points), marker="o" if strategy == "uni" else "s",
-                    linestyle="-" if strategy == "uni" else "--", label=f"{strategy} p={p:g}")
-        ax.axhline(results[task]["baseline"][HEADLINE[task]], color="grey", linestyle=":", label="all kept")
-        layers = sorted({c["layer"] for c in cells})
-        ax.set_xticks(layers, [f"{l}{'*' if kinds[l] == 'attention' else 'M'}" for l in layers], fontsize="small")
-        ax.set(title=task, xlabel="layer where vision tokens drop", ylabel=HEADLINE[task], ylim=(-0.02, 1.02))
-        ax.legend(fontsize="x-small")
-    fig.savefig(path, dpi=120)
+    by_layer(results, kinds, path, lambda c: f"{c['strategy']} p={c['p']:g}", "layer where vision tokens drop",
+             "all kept", lambda name: {"marker": "o", "linestyle": "-"} if name.startswith("uni")
+             else {"marker": "s", "linestyle": "--"})
