@@ -155,6 +155,41 @@ def test_training_asks_before_the_video_when_told(tmp_path, monkeypatch):
     assert main(["train", "--config", str(write(tmp_path / "bad.yaml", tree)), "--output", str(tmp_path / "bad")]) == 1
 
 
+def test_training_draws_uniform_drop_shares_when_told(tmp_path):
+    """model.transv_train_shares: every sample drops its own share at the uniform TransV layer (a share range of
+    one value trains as the spec's p does); bad ranges and models without a uniform layer are refused."""
+    from functools import partial
+
+    from timeviper.data import build_train_data
+    from timeviper.prompts import encode_conversation
+
+    tree = yaml.safe_load(tiny_config(tmp_path / "tiny.yaml").read_text())
+    tree["model"]["transv_train_shares"] = [0.2, 0.9]
+    config = load_config(write(tmp_path / "shares.yaml", tree))
+    torch.manual_seed(0)
+    model = build_model(config)
+    assert model.train_shares == (0.2, 0.9)
+    drawn = model.drawn_shares(64)
+    assert list(drawn) == [0] and 0.2 <= min(drawn[0]) < 0.3 and 0.8 < max(drawn[0]) <= 0.9  # uni_0 only
+    stream = build_train_data(config, tokenize=partial(encode_conversation, model.tokenizer),
+                              tokens_per_frame=model.config.tokens_per_frame)
+    batch = next(iter(stream))
+    stream.close()
+    with torch.no_grad():
+        model.train_shares = None
+        plain = model.forward_train(batch)[0]
+        model.train_shares = (0.5, 0.5)
+        assert torch.equal(model.forward_train(batch)[0], plain)
+        model.train_shares = (0.9, 0.9)
+        assert not torch.allclose(model.forward_train(batch)[0], plain)
+    for bad in ([0.6, 0.4], [0.5], [0, 1.5], "wide"):
+        tree["model"]["transv_train_shares"] = bad
+        assert main(["train", "--config", str(write(tmp_path / "bad.yaml", tree)), "--output",
+                     str(tmp_path / "bad")]) == 1
+    tree["model"].update(transv="attn_2_0.5", transv_train_shares=[0.2, 0.9])
+    assert main(["train", "--config", str(write(tmp_path / "bad.yaml", tree)), "--output", str(tmp_path / "bad")]) == 1
+
+
 def write(path: Path, tree: dict) -> Path:
     path.write_text(yaml.safe_dump(tree))
     return path

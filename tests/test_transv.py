@@ -127,6 +127,31 @@ def test_packed_samples_drop_and_transfer_separately():
     assert torch.equal(index, torch.cat([i for *_, i in alone]))
 
 
+def test_packed_samples_drop_their_own_shares():
+    """Per-sample drop shares at a uniform layer (training with drawn shares) give what each sample gives alone
+    with that share as its spec's p; the attention-guided layer keeps its own p."""
+    torch.manual_seed(0)
+    llm = HybridLM(CFG)
+    uni, attn = TransV(CFG, TransVSpec("uni", 2, 0.5)), TransV(CFG, TransVSpec("attn", 7, 0.5))
+    with torch.no_grad():
+        for m in (uni, attn):
+            m.alpha.fill_(0.5)
+    layouts, shares = [(2, 12, 3, 2), (1, 12, 4, 2), (1, 9, 4, 1)], [0.25, 0.75, 0.0]
+    alone, spans, start = [], [], 0
+    for layout, p in zip(layouts, shares):
+        own = TransV(CFG, TransVSpec("uni", 2, p))
+        own.load_state_dict(uni.state_dict())
+        h = torch.randn(1, sum(layout), 32)
+        alone.append((h, *run_packed(llm, {2: own, 7: attn}, h, None, [_span(*layout)])))
+        spans.append(Span(*(start + x for x in (0, *itertools.accumulate(layout)))))
+        start += sum(layout)
+    assert len(alone[0][2]) != len(alone[1][2])  # the shares differ in what they keep
+    out, index = run_packed(llm, {2: uni, 7: attn}, torch.cat([h for h, *_ in alone], 1), None, spans,
+                            {2: shares})
+    assert torch.allclose(out, torch.cat([o for _, o, _ in alone], 1), atol=1e-5)
+    assert len(index) == sum(len(i) for *_, i in alone)
+
+
 def test_gradients_reach_alpha_and_cross_attention():
     torch.manual_seed(0)
     llm = HybridLM(CFG)

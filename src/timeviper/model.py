@@ -88,6 +88,7 @@ class TimeViper(nn.Module):
                                    config.time_period)
         self.llm = HybridLM(config.llm)
         self.transv = nn.ModuleDict({str(s.layer): TransV(config.llm, s) for s in parse_transv(config.transv)})
+        self.train_shares: tuple[float, float] | None = None  # training: uniform TransV's p drawn per sample
 
     @property
     def device(self) -> torch.device:
@@ -206,7 +207,8 @@ class TimeViper(nn.Module):
             vision = self.embed_frames([v[2] for v in videos], [v[3] for v in videos])
             h = h.index_put((torch.zeros_like(rows), rows), vision.to(h.dtype))
         positions = batch["position_ids"].to(self.device) if self.config.llm.needs_positions else None
-        out, index = run_packed(self.llm, self.transv_layers, h, positions, spans_of(batch))
+        spans = spans_of(batch)
+        out, index = run_packed(self.llm, self.transv_layers, h, positions, spans, self.drawn_shares(len(spans)))
         labels = batch["labels"].to(self.device)[0, index]
         learn = labels != -100
         _, logits = self.llm.head(out[:, learn])
@@ -217,6 +219,16 @@ class TimeViper(nn.Module):
         sample = torch.searchsorted(bounds, index[learn], right=True) - 1  # [n] the sample of each loss token
         tokens = torch.zeros(len(bounds) - 1, device=self.device).index_add_(0, sample, torch.ones_like(loss))
         return (loss / tokens[sample]).sum(), (tokens > 0).sum()
+
+    def drawn_shares(self, samples: int) -> dict[int, list[float]] | None:
+        """Each sample's drop share at every uniform TransV layer, drawn uniformly from `train_shares` (set by
+        training's model.transv_train_shares; None: the specs' p). A model trained at one share learns to tell
+        time from the vision tokens' count, and then reads video well only at that share."""
+        if self.train_shares is None:
+            return None
+        lo, hi = self.train_shares
+        return {layer: (lo + (hi - lo) * torch.rand(samples)).tolist() for layer, m in self.transv_layers.items()
+                if m.spec.strategy == "uniform"}
 
     def flops_per_token(self, seq_len: int = 8192, frames: int = 0, loss_tokens: int | None = None) -> float:
         """Model FLOPs of one training step (forward and backward) per token of a sample of `seq_len` tokens,

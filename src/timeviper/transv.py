@@ -208,16 +208,18 @@ def token_indices(bounds: list[tuple[int, int]], device) -> tuple[Tensor, Tensor
 
 
 def select_packed(spec: TransVSpec, block: nn.Module, h: Tensor, positions: Tensor | None, spans: list[Span],
-                  vision: Tensor, sample: Tensor) -> Tensor:
+                  vision: Tensor, sample: Tensor, shares: list[float] | None = None) -> Tensor:
     """Bool [V]: which of the vision tokens `vision` [V] (of samples `sample` [V], see token_indices) drop
-    at `block`.
+    at `block`; uniform layers drop each sample's share of `shares` if given, else the spec's p.
 
     Attention-guided: each sample's vision tokens are scored by its own last instruction token, all
     samples in one pass (an FSDP2-sharded block is gathered once, so every rank runs the same
     collectives whatever number of samples its micro-batch packs).
     """
     if spec.strategy == "uniform":  # on the CPU, then one copy
-        return torch.cat([uniform_drop(0, sp.vision_end - sp.vision_start, spec.p) for sp in spans]).to(h.device)
+        shares = shares or [spec.p] * len(spans)
+        return torch.cat([uniform_drop(0, sp.vision_end - sp.vision_start, p) for sp, p in zip(spans, shares)]
+                         ).to(h.device)
     if not len(vision):
         return torch.zeros(0, dtype=torch.bool, device=h.device)
     last = torch.tensor([sp.instruction_end - 1 for sp in spans], device=h.device)  # [S]
@@ -231,8 +233,8 @@ def select_packed(spec: TransVSpec, block: nn.Module, h: Tensor, positions: Tens
         return attention_drop(attention_scores(own, sample), spec.p, sample)
 
 
-def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor | None,
-                 spans: list[Span]) -> tuple[Tensor, Tensor | None, list[Span], Tensor]:
+def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor | None, spans: list[Span],
+                 shares: list[float] | None = None) -> tuple[Tensor, Tensor | None, list[Span], Tensor]:
     """TransV on a whole packed sequence h [1, T, C] entering `block` (the layer TransV sits at).
 
     Each sample drops its own vision tokens and transfers them into its own instruction, all samples at
@@ -240,7 +242,7 @@ def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor 
     tokens. Returns the shortened h and positions, the new spans and the bool mask [T] of kept tokens.
     """
     vision, vision_sample = token_indices([(sp.vision_start, sp.vision_end) for sp in spans], h.device)  # [V]
-    drop = select_packed(module.spec, block, h, positions, spans, vision, vision_sample)  # [V]
+    drop = select_packed(module.spec, block, h, positions, spans, vision, vision_sample, shares)  # [V]
     counts = torch.zeros(len(spans), dtype=torch.long, device=h.device).index_add_(0, vision_sample, drop.long())
     counts = counts.tolist()  # dropped tokens of each sample
     if module.spec.transfers and any(counts):
@@ -260,9 +262,10 @@ def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor 
     return h[:, keep], None if positions is None else positions[:, keep], new_spans, keep
 
 
-def run_packed(llm, transv: dict[int, TransV], h: Tensor, positions: Tensor | None,
-               spans: list[Span]) -> tuple[Tensor, Tensor]:
-    """The whole (packed) sequence h [1, T, C] through every layer of `llm`, TransV included.
+def run_packed(llm, transv: dict[int, TransV], h: Tensor, positions: Tensor | None, spans: list[Span],
+               shares: dict[int, list[float]] | None = None) -> tuple[Tensor, Tensor]:
+    """The whole (packed) sequence h [1, T, C] through every layer of `llm`, TransV included; `shares` gives
+    uniform TransV layers each sample's drop share in place of their spec's p (training with drawn shares).
 
     Returns the last hidden states [1, T', C] (before the final norm) and the index [T'] of the
     surviving tokens into the input (to gather labels).
@@ -275,6 +278,7 @@ def run_packed(llm, transv: dict[int, TransV], h: Tensor, positions: Tensor | No
     layer = 0
     for at in sorted(transv):
         h = llm.run_layers(h, layer, at, positions, cu())
-        h, positions, spans, keep = apply_packed(transv[at], llm.layers[at], h, positions, spans)
+        h, positions, spans, keep = apply_packed(transv[at], llm.layers[at], h, positions, spans,
+                                                 (shares or {}).get(at))
         index, layer = index[keep], at
     return llm.run_layers(h, layer, len(llm.layers), positions, cu()), index

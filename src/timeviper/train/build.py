@@ -54,6 +54,11 @@ def build_model(config: Config, dtype: torch.dtype = torch.float32, device=None)
         model = tiny_model(m.tiny, m.transv, m.time_period).to(device=device, dtype=dtype)
     if m.instruction_before_video is not None:
         model.config.instruction_before_video = m.instruction_before_video
+    if m.transv_train_shares is not None:
+        if not any(t.spec.strategy == "uniform" for t in model.transv_layers.values()):
+            raise ConfigError(f"model.transv_train_shares needs a uniform TransV layer; the model's TransV is "
+                              f"{model.config.transv!r}")
+        model.train_shares = tuple(float(x) for x in m.transv_train_shares)
     model.vision.trainable = "vision" in config.train.trainable
     return model
 

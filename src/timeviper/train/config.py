@@ -49,6 +49,7 @@ class ModelConfig:
     transv: str | None = None  # TransV spec such as "uni_7_0.5-attn_39_0.9"; null: no compression
     time_period: float | None = None  # projector's frame-time embedding, longest period in s; null: none (paper)
     instruction_before_video: bool | None = None  # the instruction also before the video; null: the model's own
+    transv_train_shares: list[float] | None = None  # [lo, hi]: uniform TransV layers drop a share drawn per sample
 
     def __post_init__(self):
         sources = [name for name in ("llm", "pretrained", "tiny") if getattr(self, name) is not None]
@@ -68,6 +69,11 @@ class ModelConfig:
         _require(self.instruction_before_video is None or isinstance(self.instruction_before_video, bool),
                  "instruction_before_video",
                  f"must be true, false or null, got {self.instruction_before_video!r}")
+        shares = self.transv_train_shares
+        _require(shares is None or (isinstance(shares, list) and len(shares) == 2
+                                    and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in shares)
+                                    and 0 <= shares[0] <= shares[1] <= 1),
+                 "transv_train_shares", f"must be [lo, hi] with 0 <= lo <= hi <= 1, or null; got {shares!r}")
 
 
 @dataclass
