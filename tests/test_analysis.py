@@ -126,6 +126,8 @@ def test_analyze_redundancy_sweeps_every_mixing_layer(tmp_path, embedded, capsys
     (["attention", "--tasks", "mcq,tvg"], "one task"),
     (["blocking", "--items", "0"], "--items"),
     (["redundancy", "--rates", "0.5,0"], "drop rates"),
+    (["blocking", "--frames", "5000"], "use at most"),
+    (["attention", "--frames", "5000"], "use at most"),
     (["redundancy", "--strategies", "uni,random"], "unknown strategy 'random'"),
 ])
 def test_analyze_refuses_bad_arguments(tmp_path, capsys, argv, message):

@@ -12,6 +12,8 @@ from timeviper.errors import ConfigError
 from timeviper.synth.world import check_int
 
 TASKS = tuple(MAX_NEW_TOKENS)  # mcq, tvg, caption
+MATRIX_BYTES = 16 * 2**30  # explicit mixing: a few [heads, T, T] float32 tensors alive at once must fit in this
+TEXT_TOKENS = 512  # a bound on the prompt's and the answer's text tokens
 
 
 def load(args):
@@ -23,6 +25,19 @@ def load(args):
     model = load_model(argparse.Namespace(model=args.model, device=args.device, transv="none",
                                           logn_length="default"))
     return model, {i: block.kind for i, block in enumerate(model.llm.layers)}
+
+
+def check_explicit_size(model, frames: int, kept_maps: int = 0) -> None:
+    """Refuse videos whose explicit mixing matrices would not fit in MATRIX_BYTES: a layer's work takes a few
+    [heads, T, T] float32 tensors, and `kept_maps` [T, T] maps are kept besides."""
+    heads = max(b.mixer.heads if b.kind == "mamba" else b.mixer.num_heads
+                for b in model.llm.layers if b.kind != "mlp")
+    square = 4 * (4 * heads + kept_maps)  # bytes per entry of a [T, T]
+    tokens = frames * model.config.tokens_per_frame + TEXT_TOKENS
+    if square * tokens**2 > MATRIX_BYTES:
+        most = int(((MATRIX_BYTES / square) ** 0.5 - TEXT_TOKENS) // model.config.tokens_per_frame)
+        raise ConfigError(f"--frames {frames}: this analysis holds [T, T] mixing matrices of {tokens:,} tokens "
+                          f"(~{square * tokens**2 / 2**30:.0f} GiB); use at most {most} frames")
 
 
 def settings_of(args, **more) -> dict:
@@ -56,6 +71,7 @@ def run_blocking(args, out: Path) -> None:
 
     tasks = parse_tasks(args)
     model, kinds = load(args)
+    check_explicit_size(model, args.frames)
     mixers = sum(kind != "mlp" for kind in kinds.values())
     results = {}
     with tqdm(total=len(tasks) * args.items * (1 + len(PAIRS) * mixers), unit="answer", file=sys.stderr) as bar:
@@ -97,6 +113,7 @@ def run_attention(args, out: Path) -> None:
     if args.tasks not in TASKS:
         raise ConfigError(f"analyze attention takes one task of {', '.join(TASKS)}, got {args.tasks!r}")
     model, kinds = load(args)
+    check_explicit_size(model, args.frames, kept_maps=sum(kind != "mlp" for kind in kinds.values()))
     (spec, item), = sweep_items(args.tasks, args.frames, 1, args.seed_offset, 64, args.split)
     video = sample_video(spec)
     answer, groups, maps = attention_maps(model, video.frames, video.timestamps, task_prompt(item),
