@@ -1,5 +1,5 @@
 """Token mixing made explicit (analysis.mixing) against the layers' own forward; cuts block what they name;
-blocking and attention maps end to end on the embedded model."""
+drops are the engine's; blocking, redundancy and attention maps end to end on the embedded model."""
 
 import json
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from timeviper.analysis.mixing import mixing
-from timeviper.analysis.sequence import INSTRUCTION, VISION, greedy, request, run
+from timeviper.analysis.sequence import INSTRUCTION, SYSTEM, VISION, greedy, request, run
 from timeviper.cli import main
+from timeviper.errors import ConfigError
 from timeviper.llm import HybridLM, LMConfig
 
 HYBRID = LMConfig(vocab_size=53, hidden_size=32, pattern="M-M*-", num_heads=4, num_kv_heads=2, head_dim=8,
@@ -86,8 +87,30 @@ def test_sequence_answers_as_the_engine_does(embedded):
     torch.testing.assert_close(logits, embedded.llm(inputs_embeds=seq.embeds, num_logits=1).logits)
     assert sorted(maps) == [i for i, b in enumerate(embedded.llm.layers) if b.kind != "mlp"]
     first_attention = min(i for i, b in enumerate(embedded.llm.layers) if b.kind == "attention")
-    cut, _ = run(embedded.llm, seq, {first_attention: seq.cut(INSTRUCTION, VISION)})
+    cut, _ = run(embedded.llm, seq, {first_attention: (INSTRUCTION, VISION)})
     assert not torch.allclose(cut, logits, atol=1e-2)
+
+
+def test_drops_are_the_engines_td_layers(embedded):
+    """Vision tokens dropped at a layer (run's drops) are those the engine's TransV `td` layer drops."""
+    from timeviper import engine
+    from timeviper.data.synth_source import sample_video, task_prompt
+    from timeviper.synth import make_item
+
+    spec, item = make_item("tvg", 1000004, 8, 64)
+    video = sample_video(spec)
+    seq = request(embedded, video.frames, video.timestamps, task_prompt(item))
+    system, vision, instruction = (seq.embeds[:, seq.groups == g] for g in (SYSTEM, VISION, INSTRUCTION))
+    embedded.set_transv("td_2_0.5-td_5_0.75")
+    try:
+        with torch.no_grad():
+            want = engine.prefill(embedded.llm, embedded.transv_layers, system, vision.split(40, dim=1), instruction,
+                                  embedded.llm.new_cache(1))
+    finally:
+        embedded.set_transv("none")
+    got, _ = run(embedded.llm, seq, drops={2: 0.5, 5: 0.75})
+    torch.testing.assert_close(got[:, -1], want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(run(embedded.llm, seq)[0], got, atol=1e-2)
 
 
 def test_analyze_blocking_and_attention_write_data_and_figures(tmp_path, capsys):
@@ -98,6 +121,7 @@ def test_analyze_blocking_and_attention_write_data_and_figures(tmp_path, capsys)
     cells = data["results"]["mcq"]["cells"]
     assert {c["pair"] for c in cells} == {"v2i", "v2r"} and all(0 <= c["value"] <= 1 for c in cells)
     assert all(c["layers"] == [c["layer"]] for c in cells)  # --window 1
+    assert data["settings"]["drop"] is None
     assert (tmp_path / "blocking.png").stat().st_size > 0
     code = main(["analyze", "attention", "--out", str(tmp_path), "--frames", "4", "--device", "cpu"])
     assert code == 0
@@ -127,9 +151,19 @@ def test_analyze_redundancy_sweeps_every_mixing_layer(tmp_path, embedded, capsys
     (["blocking", "--items", "0"], "--items"),
     (["redundancy", "--rates", "0.5,0"], "drop rates"),
     (["blocking", "--frames", "5000"], "use at most"),
+    (["blocking", "--drop", "uni_2_0.5"], "--drop takes even drops"),
     (["attention", "--frames", "5000"], "use at most"),
     (["redundancy", "--strategies", "uni,random"], "unknown strategy 'random'"),
 ])
 def test_analyze_refuses_bad_arguments(tmp_path, capsys, argv, message):
     assert main(["analyze", *argv, "--out", str(tmp_path), "--device", "cpu"]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_drop_specs_name_layers_and_shares(embedded):
+    from timeviper.analysis.commands import parse_drops
+
+    assert parse_drops("td_2_0.5-td_5_0.75", embedded.config.llm) == {2: 0.5, 5: 0.75}
+    assert parse_drops(None, embedded.config.llm) == {}
+    with pytest.raises(ConfigError, match="tdattn_5_0.5"):
+        parse_drops("td_2_0.5-tdattn_5_0.5", embedded.config.llm)

@@ -384,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=20, help="blocking, redundancy: items per task")
     p.add_argument("--window", type=int, default=1,
                    help="blocking: token-mixing layers cut from the starting layer on, within this many layers")
+    p.add_argument("--drop", default=None,
+                   help="blocking: also drop vision tokens evenly without transfer, e.g. td_2_0.5 (the density a "
+                        "model trained with TransV saw)")
     p.add_argument("--rates", default="0.5,0.9,1", help="redundancy: comma list of drop shares p")
     p.add_argument("--strategies", default="uni,attn", help="redundancy: uni (even) and/or attn (least attended)")
     p.add_argument("--split", choices=("test", "validation"), default="test")

@@ -33,10 +33,12 @@ def windows(llm, window: int) -> dict[int, tuple[int, ...]]:
     return {l: tuple(i for i in mixers if l <= i < l + window) for l in mixers}
 
 
-def block_items(model, task: str, items: list, window: int = 1, pairs=tuple(PAIRS), on_answer=None) -> dict:
+def block_items(model, task: str, items: list, window: int = 1, pairs=tuple(PAIRS), on_answer=None,
+                drops: dict[int, float] | None = None) -> dict:
     """Score `task` on `items` ((VideoSpec, item) pairs, as synth_sweep.sweep_items makes them) answered as they
     are and under every (pair, layer) cut: {"baseline": metrics, "cells": [{"pair", "layer", "layers",
-    "metrics", "value"}]}, `value` the task's headline metric. `on_answer()` is called after every answer."""
+    "metrics", "value"}]}, `value` the task's headline metric. `on_answer()` is called after every answer;
+    `drops` ({layer: share}) drops vision tokens in every answer (sequence.run)."""
     unknown = [p for p in pairs if p not in PAIRS]
     if unknown:
         raise ConfigError(f"unknown blocking pair {unknown[0]!r}; expected some of {', '.join(PAIRS)}")
@@ -48,7 +50,7 @@ def block_items(model, task: str, items: list, window: int = 1, pairs=tuple(PAIR
         prompt = request(model, video.frames, video.timestamps, task_prompt(item))
         for condition in conditions:
             cut = {} if condition is None else {"cut": PAIRS[condition[0]], "layers": spans[condition[1]]}
-            answered = greedy(model, prompt, MAX_NEW_TOKENS[task], **cut)
+            answered = greedy(model, prompt, MAX_NEW_TOKENS[task], drops=drops, **cut)
             text = model.tokenizer.decode(answered.response).strip()
             records[condition].append({"id": item["id"], **parse_answer(task, text), "raw": text})
             if on_answer is not None:

@@ -10,6 +10,7 @@ from timeviper.eval.runner import MAX_NEW_TOKENS, write_atomic
 from timeviper.eval.synth_sweep import parse_list, sweep_items
 from timeviper.errors import ConfigError
 from timeviper.synth.world import check_int
+from timeviper.transv import parse_transv
 
 TASKS = tuple(MAX_NEW_TOKENS)  # mcq, tvg, caption
 MATRIX_BYTES = 16 * 2**30  # explicit mixing: a few [heads, T, T] float32 tensors alive at once must fit in this
@@ -64,6 +65,17 @@ def parse_tasks(args) -> list[str]:
     return tasks
 
 
+def parse_drops(spec: str | None, cfg) -> dict[int, float]:
+    """{layer: share} of a --drop spec: TransV's uniform drops without transfer, e.g. td_2_0.5."""
+    if spec is None:
+        return {}
+    specs = parse_transv(spec, cfg)
+    wrong = [str(s) for s in specs if s.kind != "td"]
+    if wrong:
+        raise ConfigError(f"--drop takes even drops without transfer (td_LAYER_P, '-' between several), got {wrong[0]}")
+    return {s.layer: s.p for s in specs}
+
+
 def run_blocking(args, out: Path) -> None:
     from tqdm import tqdm
 
@@ -72,15 +84,16 @@ def run_blocking(args, out: Path) -> None:
     tasks = parse_tasks(args)
     model, kinds = load(args)
     check_explicit_size(model, args.frames)
+    drops = parse_drops(args.drop, model.config.llm)
     mixers = sum(kind != "mlp" for kind in kinds.values())
     results = {}
     with tqdm(total=len(tasks) * args.items * (1 + len(PAIRS) * mixers), unit="answer", file=sys.stderr) as bar:
         for task in tasks:
             bar.set_description(task)
             items = sweep_items(task, args.frames, args.items, args.seed_offset, 64, args.split)
-            results[task] = block_items(model, task, items, args.window, on_answer=bar.update)
-    report(out / "blocking", settings_of(args, items=args.items, window=args.window), results, kinds, plot,
-           "unblocked", lambda c: f"{c['pair']} from")
+            results[task] = block_items(model, task, items, args.window, on_answer=bar.update, drops=drops)
+    report(out / "blocking", settings_of(args, items=args.items, window=args.window, drop=args.drop), results,
+           kinds, plot, "unblocked", lambda c: f"{c['pair']} from")
 
 
 def run_redundancy(args, out: Path) -> None:

@@ -2,8 +2,10 @@
 token tagged with its group, run through the LLM with token mixing made explicit where asked (analysis.mixing).
 
 The backbone is analysed as it reads a video without TransV (every vision token reaches every layer), as the
-paper's blocking and attention analyses do. Greedy answers are decoded by running the whole sequence again for
-every new token: slow, and exact under any cut.
+paper's blocking and attention analyses do, or, with `drops`, with a share of the vision tokens dropped evenly
+at chosen layers and nothing transferred (TransV's `td` kind), for a model whose later layers were trained on
+fewer tokens. Greedy answers are decoded by running the whole sequence again for every new token: slow, and
+exact under any cut.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import Tensor
 
 from timeviper.analysis.mixing import mixing
 from timeviper.prompts import encode_prompt
+from timeviper.transv import uniform_drop
 
 GROUPS = ("system", "vision", "instruction", "response")  # system: every token before the video
 SYSTEM, VISION, INSTRUCTION, RESPONSE = range(len(GROUPS))
@@ -25,10 +28,6 @@ class Sequence:
     embeds: Tensor  # [1, T, C] the prompt's embeddings, then the response's so far
     groups: Tensor  # [T] long: the GROUPS index of every token
     response: list[int]  # token ids of the response so far
-
-    def cut(self, reader: int, source: int) -> Tensor:
-        """Bool [T, T]: the pairs (t, s) where a token of group `reader` would read one of group `source`."""
-        return (self.groups[:, None] == reader) & (self.groups[None, :] == source)
 
     def extended(self, model, token: int) -> "Sequence":
         embed = model.llm.embed_tokens(torch.tensor([[token]], device=self.embeds.device))
@@ -48,18 +47,30 @@ def request(model, frames: Tensor, times: Tensor, instruction: str) -> Sequence:
                     torch.cat(groups).to(model.device), [])
 
 
-def run(llm, seq: Sequence, cuts: dict[int, Tensor] | None = None, maps: bool = False,
-        num_logits: int = 1) -> tuple[Tensor, dict[int, Tensor]]:
+def pairs(groups: Tensor, reader: int, source: int) -> Tensor:
+    """Bool [T, T]: the pairs (t, s) where a token of group `reader` would read one of group `source`."""
+    return (groups[:, None] == reader) & (groups[None, :] == source)
+
+
+def run(llm, seq: Sequence, cuts: dict[int, tuple[int, int]] | None = None, maps: bool = False,
+        num_logits: int = 1, drops: dict[int, float] | None = None) -> tuple[Tensor, dict[int, Tensor]]:
     """The LLM over the whole sequence: (logits of the last `num_logits` tokens [1, n, V], {layer: its mixing
-    matrix [H, T, T]} of every attention and Mamba-2 layer when `maps`). Layers in `cuts` mix by their explicit
-    matrix with those pairs cut; the others by their own forward unless `maps` asks for their matrix."""
-    cuts = cuts or {}
-    h = seq.embeds
+    matrix [H, T_l, T_l]} of every attention and Mamba-2 layer when `maps`). Layers in `cuts` mix by their
+    explicit matrix with the (reader group, source group) pairs cut; the others by their own forward unless
+    `maps` asks for their matrix. Entering a layer of `drops`, that share of the vision tokens left is dropped
+    evenly (as TransV's uniform_drop picks them), so later matrices are over fewer tokens."""
+    cuts, drops = cuts or {}, drops or {}
+    h, groups = seq.embeds, seq.groups
     positions = torch.arange(h.shape[1], device=h.device)[None] if llm.config.needs_positions else None
     matrices = {}
     for i, block in enumerate(llm.layers):
+        if i in drops:
+            keep = groups != VISION
+            keep[~keep] = ~uniform_drop(0, int((~keep).sum()), drops[i], h.device)
+            h, groups = h[:, keep], groups[keep]
+            positions = None if positions is None else positions[:, keep]
         if block.kind != "mlp" and (i in cuts or maps):
-            h, weights = mixing(block, h, positions, cuts.get(i))
+            h, weights = mixing(block, h, positions, pairs(groups, *cuts[i]) if i in cuts else None)
             if maps:
                 matrices[i] = weights[0]
         else:
@@ -70,13 +81,14 @@ def run(llm, seq: Sequence, cuts: dict[int, Tensor] | None = None, maps: bool = 
 
 @torch.inference_mode()
 def greedy(model, seq: Sequence, max_new_tokens: int = 24, cut: tuple[int, int] | None = None,
-           layers: tuple[int, ...] = ()) -> Sequence:
+           layers: tuple[int, ...] = (), drops: dict[int, float] | None = None) -> Sequence:
     """The sequence with its greedy response (up to the end-of-turn token or `max_new_tokens`); with `cut`
-    (reader group, source group), readers never read sources at `layers`, response tokens included."""
+    (reader group, source group), readers never read sources at `layers`, response tokens included; `drops`
+    as in run."""
     stop = model.tokenizer.stop_id
+    cuts = {layer: cut for layer in layers} if cut else None
     for _ in range(max_new_tokens):
-        cuts = {layer: seq.cut(*cut) for layer in layers} if cut else None
-        logits, _ = run(model.llm, seq, cuts)
+        logits, _ = run(model.llm, seq, cuts, drops=drops)
         token = int(logits[0, -1].argmax())
         if token == stop:
             break
