@@ -65,8 +65,9 @@ def run(llm, seq: Sequence, cuts: dict[int, tuple[int, int]] | None = None, maps
     matrices = {}
     for i, block in enumerate(llm.layers):
         if i in drops:
-            keep = groups != VISION
-            keep[~keep] = ~uniform_drop(0, int((~keep).sum()), drops[i], h.device)
+            vision = groups == VISION
+            keep = ~vision
+            keep[vision] = ~uniform_drop(0, int(vision.sum()), drops[i], h.device)
             h, groups = h[:, keep], groups[keep]
             positions = None if positions is None else positions[:, keep]
         if block.kind != "mlp" and (i in cuts or maps):
