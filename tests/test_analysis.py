@@ -111,6 +111,10 @@ def test_drops_are_the_engines_td_layers(embedded):
     got, _ = run(embedded.llm, seq, drops={2: 0.5, 5: 0.75})
     torch.testing.assert_close(got[:, -1], want, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(run(embedded.llm, seq)[0], got, atol=1e-2)
+    _, maps = run(embedded.llm, seq, maps=True, drops={2: 0.5})
+    sizes = {layer: len(groups) for layer, (_, groups) in maps.items()}
+    assert sizes[0] == len(seq.groups) and sizes[2] == len(seq.groups) - 8 * 16 // 2  # half of 8 frames' tokens
+    assert all(m.shape[-1] == len(groups) for m, groups in maps.values())
 
 
 def test_analyze_blocking_and_attention_write_data_and_figures(tmp_path, capsys):
@@ -130,6 +134,13 @@ def test_analyze_blocking_and_attention_write_data_and_figures(tmp_path, capsys)
         assert sum(layer["received"].values()) == pytest.approx(1.0, abs=1e-3)
     assert data["tokens"]["vision"] == 4 * 16
     assert (tmp_path / "attention_maps.png").is_file() and (tmp_path / "attention_received.png").is_file()
+    code = main(["analyze", "attention", "--out", str(tmp_path / "td"), "--frames", "4", "--device", "cpu",
+                 "--drop", "td_2_0.5"])
+    assert code == 0
+    data = json.loads((tmp_path / "td" / "attention.json").read_text())
+    assert data["settings"]["drop"] == "td_2_0.5" and data["tokens"]["vision"] == 4 * 16
+    for layer in data["layers"]:
+        assert sum(layer["received"].values()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_analyze_redundancy_sweeps_every_mixing_layer(tmp_path, embedded, capsys):
@@ -139,7 +150,8 @@ def test_analyze_redundancy_sweeps_every_mixing_layer(tmp_path, embedded, capsys
     cells = json.loads((tmp_path / "redundancy.json").read_text())["results"]["mcq"]["cells"]
     kinds = [b.kind for b in embedded.llm.layers]
     assert [c["layer"] for c in cells if c["strategy"] == "uni"] == [i for i, k in enumerate(kinds) if k != "mlp"]
-    assert [c["layer"] for c in cells if c["strategy"] == "attn"] == [i for i, k in enumerate(kinds) if k == "attention"]
+    attention = [i for i, k in enumerate(kinds) if k == "attention"]
+    assert [c["layer"] for c in cells if c["strategy"] == "attn"] == attention
     assert all(c["p"] == 1 and c["value"] in (0, 1) for c in cells)  # one item: right or wrong
     assert (tmp_path / "redundancy.png").stat().st_size > 0
 

@@ -372,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="caption shot by shot (timeviper.captioning; default settings; every frame at 1 fps)")
     p.set_defaults(run=cmd_eval)
 
-    p = sub.add_parser("analyze", help="look inside the LM: information blocking, token redundancy, attention maps (JSON + PNG)")
+    p = sub.add_parser("analyze",
+                       help="look inside the LM: information blocking, token redundancy, attention maps (JSON + PNG)")
     p.add_argument("analysis", choices=("blocking", "redundancy", "attention"),
                    help="blocking: scores with vision cut from the instruction (V2I) or the response (V2R) by layer; "
                         "redundancy: scores with a share of vision tokens dropped by layer; "
@@ -385,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=1,
                    help="blocking: token-mixing layers cut from the starting layer on, within this many layers")
     p.add_argument("--drop", default=None,
-                   help="blocking: also drop vision tokens evenly without transfer, e.g. td_2_0.5 (the density a "
-                        "model trained with TransV saw)")
+                   help="blocking, attention: also drop vision tokens evenly without transfer, e.g. td_2_0.5 (the "
+                        "density a model trained with TransV saw)")
     p.add_argument("--rates", default="0.5,0.9,1", help="redundancy: comma list of drop shares p")
     p.add_argument("--strategies", default="uni,attn", help="redundancy: uni (even) and/or attn (least attended)")
     p.add_argument("--split", choices=("test", "validation"), default="test")

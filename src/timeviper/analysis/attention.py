@@ -31,15 +31,17 @@ def summarize(layer_shares: Tensor, groups: Tensor) -> dict:
 
 
 @torch.inference_mode()
-def attention_maps(model, frames: Tensor, times: Tensor, instruction: str, max_new_tokens: int = 24):
-    """(the answer, groups [T], {layer: shares [T, T]}) of `instruction` about frames shown at `times`."""
-    answered = greedy(model, request(model, frames, times, instruction), max_new_tokens)
-    _, matrices = run(model.llm, answered, maps=True)
+def attention_maps(model, frames: Tensor, times: Tensor, instruction: str, max_new_tokens: int = 24,
+                   drops: dict[int, float] | None = None):
+    """(the answer, groups [T], {layer: (shares [T_l, T_l], groups [T_l])}) of `instruction` about frames shown
+    at `times`; `drops` as in sequence.run (layers after a drop mix fewer tokens)."""
+    answered = greedy(model, request(model, frames, times, instruction), max_new_tokens, drops=drops)
+    _, matrices = run(model.llm, answered, maps=True, drops=drops)
     return (model.tokenizer.decode(answered.response).strip(), answered.groups.cpu(),
-            {layer: shares(m).cpu() for layer, m in matrices.items()})
+            {layer: (shares(m).cpu(), g.cpu()) for layer, (m, g) in matrices.items()})
 
 
-def plot_maps(maps: dict[int, Tensor], groups: Tensor, kinds: dict[int, str], path) -> None:
+def plot_maps(maps: dict[int, tuple[Tensor, Tensor]], kinds: dict[int, str], path) -> None:
     """One heatmap per layer (log colour scale), the token groups' borders drawn."""
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
@@ -47,8 +49,8 @@ def plot_maps(maps: dict[int, Tensor], groups: Tensor, kinds: dict[int, str], pa
     columns = min(len(maps), 5)
     rows = -(-len(maps) // columns)
     fig = Figure(figsize=(3 * columns, 3 * rows), layout="constrained")
-    borders = (torch.nonzero(groups.diff()).flatten() + 0.5).tolist()
-    for ax, (layer, m) in zip(fig.subplots(rows, columns, squeeze=False).flat, maps.items()):
+    for ax, (layer, (m, groups)) in zip(fig.subplots(rows, columns, squeeze=False).flat, maps.items()):
+        borders = (torch.nonzero(groups.diff()).flatten() + 0.5).tolist()
         ax.imshow(m.clamp_min(1e-6).numpy(), norm=LogNorm(1e-6, 1), cmap="viridis", interpolation="nearest")
         for b in borders:
             ax.axhline(b, color="white", linewidth=0.5)

@@ -1,4 +1,5 @@
-"""`timeviper analyze blocking|redundancy|attention --out DIR`: JSON data and PNG figures of the analyses on synthetic items."""
+"""`timeviper analyze blocking|redundancy|attention --out DIR`: JSON data and PNG figures of the analyses on
+synthetic items."""
 
 from __future__ import annotations
 
@@ -127,16 +128,17 @@ def run_attention(args, out: Path) -> None:
         raise ConfigError(f"analyze attention takes one task of {', '.join(TASKS)}, got {args.tasks!r}")
     model, kinds = load(args)
     check_explicit_size(model, args.frames, kept_maps=sum(kind != "mlp" for kind in kinds.values()))
+    drops = parse_drops(args.drop, model.config.llm)
     (spec, item), = sweep_items(args.tasks, args.frames, 1, args.seed_offset, 64, args.split)
     video = sample_video(spec)
     answer, groups, maps = attention_maps(model, video.frames, video.timestamps, task_prompt(item),
-                                          MAX_NEW_TOKENS[args.tasks])
-    summary = {layer: summarize(m, groups) for layer, m in maps.items()}
-    data = {"settings": settings_of(args, task=args.tasks), "item": item, "answer": answer,
+                                          MAX_NEW_TOKENS[args.tasks], drops)
+    summary = {layer: summarize(*m) for layer, m in maps.items()}
+    data = {"settings": settings_of(args, task=args.tasks, drop=args.drop), "item": item, "answer": answer,
             "tokens": {name: int((groups == g).sum()) for g, name in enumerate(GROUPS)},
             "layers": [{"layer": l, "kind": kinds[l], **s} for l, s in summary.items()]}
     write_atomic(out / "attention.json", json.dumps(data, indent=1) + "\n")
-    plot_maps(maps, groups, kinds, out / "attention_maps.png")
+    plot_maps(maps, kinds, out / "attention_maps.png")
     plot_received(summary, kinds, out / "attention_received.png")
     print(f"answer: {answer!r} (truth: {item.get('answer') or item.get('start', '')})")
     for l, s in summary.items():

@@ -53,9 +53,10 @@ def pairs(groups: Tensor, reader: int, source: int) -> Tensor:
 
 
 def run(llm, seq: Sequence, cuts: dict[int, tuple[int, int]] | None = None, maps: bool = False,
-        num_logits: int = 1, drops: dict[int, float] | None = None) -> tuple[Tensor, dict[int, Tensor]]:
-    """The LLM over the whole sequence: (logits of the last `num_logits` tokens [1, n, V], {layer: its mixing
-    matrix [H, T_l, T_l]} of every attention and Mamba-2 layer when `maps`). Layers in `cuts` mix by their
+        num_logits: int = 1, drops: dict[int, float] | None = None) -> tuple[Tensor, dict[int, tuple[Tensor, Tensor]]]:
+    """The LLM over the whole sequence: (logits of the last `num_logits` tokens [1, n, V], {layer: (its mixing
+    matrix [H, T_l, T_l], the groups [T_l] of the tokens it mixes)} of every attention and Mamba-2 layer when
+    `maps`). Layers in `cuts` mix by their
     explicit matrix with the (reader group, source group) pairs cut; the others by their own forward unless
     `maps` asks for their matrix. Entering a layer of `drops`, that share of the vision tokens left is dropped
     evenly (as TransV's uniform_drop picks them), so later matrices are over fewer tokens."""
@@ -73,7 +74,7 @@ def run(llm, seq: Sequence, cuts: dict[int, tuple[int, int]] | None = None, maps
         if block.kind != "mlp" and (i in cuts or maps):
             h, weights = mixing(block, h, positions, pairs(groups, *cuts[i]) if i in cuts else None)
             if maps:
-                matrices[i] = weights[0]
+                matrices[i] = weights[0], groups
         else:
             h = block(h, positions)
     _, logits = llm.head(h, num_logits)
