@@ -140,7 +140,9 @@ def run_attention(args, out: Path) -> None:
     write_atomic(out / "attention.json", json.dumps(data, indent=1) + "\n")
     plot_maps(maps, kinds, out / "attention_maps.png")
     plot_received(summary, kinds, out / "attention_received.png")
-    print(f"answer: {answer!r} (truth: {item.get('answer') or item.get('start', '')})")
+    truth = {"mcq": lambda: item["answer"], "tvg": lambda: f"{item['start']:g} - {item['end']:g} seconds",
+             "caption": lambda: item["caption"]}[args.tasks]()
+    print(f"answer: {answer!r} (truth: {truth!r})")
     for l, s in summary.items():
         print(f"  layer {l:>2} ({kinds[l]}): sink {s['sink']:.3f}, received {s['received']}")
 
