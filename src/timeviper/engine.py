@@ -84,8 +84,6 @@ def _through(llm, chunk: Chunk, start: int, stop: int, uniform: dict[int, TransV
     """One chunk through layers [start, stop), dropping vision tokens at the uniform TransV layers."""
     h, pos, layer = chunk.h, chunk.positions, start
     for l, module in uniform.items():
-        if not h.shape[1]:  # every token dropped: nothing left to run, caches stay as they are
-            return Chunk(h, pos, chunk.is_vision)
         h = llm.run_layers(h, layer, l, pos, cache=cache)
         layer = l
         if chunk.is_vision:
@@ -94,8 +92,7 @@ def _through(llm, chunk: Chunk, start: int, stop: int, uniform: dict[int, TransV
             if module.spec.transfers and drop.any():
                 memories[l].append(module.memory(h[0, drop]))
             h, pos = h[:, ~drop], pos[:, ~drop]
-    if h.shape[1]:
-        h = llm.run_layers(h, layer, stop, pos, cache=cache)
+    h = llm.run_layers(h, layer, stop, pos, cache=cache)
     return Chunk(h, pos, chunk.is_vision)
 
 

@@ -66,7 +66,10 @@ class HybridLM(nn.Module):
 
     def run_layers(self, h: Tensor, start: int, stop: int, positions: Tensor | None = None,
                    cu_seqlens: Tensor | None = None, cache: Cache | None = None) -> Tensor:
-        """h [B, T, C] through layers[start:stop]."""
+        """h [B, T, C] through layers[start:stop]; with no tokens (T = 0: a chunk TransV dropped whole) nothing
+        runs and caches stay as they are."""
+        if not h.shape[1]:
+            return h
         for i in range(start, stop):
             h = self.layers[i](h, positions, cu_seqlens, None if cache is None else cache.layers[i])
         return h
