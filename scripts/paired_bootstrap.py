@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
-        new, base = (json.load(open(path)) for path in (args.new, args.base))
+        new, base = (json.loads(Path(path).read_text()) for path in (args.new, args.base))
         sizes = {new["settings"]["size"], base["settings"]["size"]}
         if len(sizes) != 1:
             raise TimeViperError(f"the files' worlds differ in frame size: {sorted(sizes)}")

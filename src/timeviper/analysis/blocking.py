@@ -21,15 +21,11 @@ from timeviper.eval.synth_sweep import HEADLINE
 PAIRS = {"v2i": (INSTRUCTION, VISION), "v2r": (RESPONSE, VISION)}  # name -> (reader group, source group)
 
 
-def mixing_layers(llm) -> list[int]:
-    return [i for i, block in enumerate(llm.layers) if block.kind != "mlp"]
-
-
 def windows(llm, window: int) -> dict[int, tuple[int, ...]]:
     """{l: the token-mixing layers of [l, l + window)} for every token-mixing layer l."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ConfigError(f"the blocking window must be a whole number of layers >= 1, got {window!r}")
-    mixers = mixing_layers(llm)
+    mixers = llm.config.mixing_layers
     return {l: tuple(i for i in mixers if l <= i < l + window) for l in mixers}
 
 

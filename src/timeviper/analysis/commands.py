@@ -16,6 +16,7 @@ from timeviper.transv import parse_transv
 TASKS = tuple(MAX_NEW_TOKENS)  # mcq, tvg, caption
 MATRIX_BYTES = 16 * 2**30  # explicit mixing: a few [heads, T, T] float32 tensors alive at once must fit in this
 TEXT_TOKENS = 512  # a bound on the prompt's and the answer's text tokens
+FRAME_SIZE = 64  # side of the rendered synthetic frames, in pixels (synth_sweep's default)
 
 
 def load(args):
@@ -26,14 +27,14 @@ def load(args):
 
     model = load_model(argparse.Namespace(model=args.model, device=args.device, transv="none",
                                           logn_length="default"))
-    return model, {i: block.kind for i, block in enumerate(model.llm.layers)}
+    return model, dict(enumerate(model.config.llm.mixers))
 
 
 def check_explicit_size(model, frames: int, kept_maps: int = 0) -> None:
     """Refuse videos whose explicit mixing matrices would not fit in MATRIX_BYTES: a layer's work takes a few
     [heads, T, T] float32 tensors, and `kept_maps` [T, T] maps are kept besides."""
-    heads = max(b.mixer.heads if b.kind == "mamba" else b.mixer.num_heads
-                for b in model.llm.layers if b.kind != "mlp")
+    blocks = [model.llm.layers[i] for i in model.config.llm.mixing_layers]
+    heads = max(b.mixer.heads if b.kind == "mamba" else b.mixer.num_heads for b in blocks)
     square = 4 * (4 * heads + kept_maps)  # bytes per entry of a [T, T]
     tokens = frames * model.config.tokens_per_frame + TEXT_TOKENS
     if square * tokens**2 > MATRIX_BYTES:
@@ -86,12 +87,12 @@ def run_blocking(args, out: Path) -> None:
     model, kinds = load(args)
     check_explicit_size(model, args.frames)
     drops = parse_drops(args.drop, model.config.llm)
-    mixers = sum(kind != "mlp" for kind in kinds.values())
+    mixers = len(model.config.llm.mixing_layers)
     results = {}
     with tqdm(total=len(tasks) * args.items * (1 + len(PAIRS) * mixers), unit="answer", file=sys.stderr) as bar:
         for task in tasks:
             bar.set_description(task)
-            items = sweep_items(task, args.frames, args.items, args.seed_offset, 64, args.split)
+            items = sweep_items(task, args.frames, args.items, args.seed_offset, FRAME_SIZE, args.split)
             results[task] = block_items(model, task, items, args.window, on_answer=bar.update, drops=drops)
     report(out / "blocking", settings_of(args, items=args.items, window=args.window, drop=args.drop), results,
            kinds, plot, "unblocked", lambda c: f"{c['pair']} from")
@@ -108,7 +109,7 @@ def run_redundancy(args, out: Path) -> None:
     rates = [float(r) for r in parse_list(args.rates, "--rates")]
     model, kinds = load(args)
     cells = specs(kinds, rates, parse_list(args.strategies, "--strategies"))
-    cell_args = argparse.Namespace(items=args.items, seed_offset=args.seed_offset, size=64, split=args.split,
+    cell_args = argparse.Namespace(items=args.items, seed_offset=args.seed_offset, size=FRAME_SIZE, split=args.split,
                                    frames=args.frames, max_frames=None, tvg_search=False, caption_shots=False)
     results = {}
     with tqdm(total=len(tasks) * args.items * (1 + len(cells)), unit="answer", file=sys.stderr) as bar:
@@ -127,9 +128,9 @@ def run_attention(args, out: Path) -> None:
     if args.tasks not in TASKS:
         raise ConfigError(f"analyze attention takes one task of {', '.join(TASKS)}, got {args.tasks!r}")
     model, kinds = load(args)
-    check_explicit_size(model, args.frames, kept_maps=sum(kind != "mlp" for kind in kinds.values()))
+    check_explicit_size(model, args.frames, kept_maps=len(model.config.llm.mixing_layers))
     drops = parse_drops(args.drop, model.config.llm)
-    (spec, item), = sweep_items(args.tasks, args.frames, 1, args.seed_offset, 64, args.split)
+    (spec, item), = sweep_items(args.tasks, args.frames, 1, args.seed_offset, FRAME_SIZE, args.split)
     video = sample_video(spec)
     answer, groups, maps = attention_maps(model, video.frames, video.timestamps, task_prompt(item),
                                           MAX_NEW_TOKENS[args.tasks], drops)

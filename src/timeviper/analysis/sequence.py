@@ -56,10 +56,10 @@ def run(llm, seq: Sequence, cuts: dict[int, tuple[int, int]] | None = None, maps
         num_logits: int = 1, drops: dict[int, float] | None = None) -> tuple[Tensor, dict[int, tuple[Tensor, Tensor]]]:
     """The LLM over the whole sequence: (logits of the last `num_logits` tokens [1, n, V], {layer: (its mixing
     matrix [H, T_l, T_l], the groups [T_l] of the tokens it mixes)} of every attention and Mamba-2 layer when
-    `maps`). Layers in `cuts` mix by their
-    explicit matrix with the (reader group, source group) pairs cut; the others by their own forward unless
-    `maps` asks for their matrix. Entering a layer of `drops`, that share of the vision tokens left is dropped
-    evenly (as TransV's uniform_drop picks them), so later matrices are over fewer tokens."""
+    `maps`). Layers in `cuts` mix by their explicit matrix with the (reader group, source group) pairs cut; the
+    others by their own forward unless `maps` asks for their matrix. Entering a layer of `drops`, that share of
+    the vision tokens left is dropped evenly (as TransV's uniform_drop picks them), so later matrices are over
+    fewer tokens."""
     cuts, drops = cuts or {}, drops or {}
     h, groups = seq.embeds, seq.groups
     positions = torch.arange(h.shape[1], device=h.device)[None] if llm.config.needs_positions else None

@@ -98,6 +98,11 @@ class LMConfig:
     def attention_layers(self) -> list[int]:
         return [i for i, s in enumerate(self.pattern) if s == "*"]
 
+    @property
+    def mixing_layers(self) -> list[int]:
+        """The layers through which tokens read each other: attention and Mamba-2 (not MLP)."""
+        return [i for i, kind in enumerate(self.mixers) if kind != "mlp"]
+
     def replace(self, **changes) -> "LMConfig":
         return dataclasses.replace(self, **changes)
 
