@@ -19,8 +19,7 @@ import numpy as np
 from timeviper.errors import TimeViperError
 from timeviper.eval.metrics import score
 from timeviper.eval.runner import parse_answer
-from timeviper.eval.synth_sweep import HEADLINE, cell_key
-from timeviper.synth import make_item
+from timeviper.eval.synth_sweep import HEADLINE, cell_key, task_item
 
 
 def item_scores(cell: dict, size: int) -> dict[int, float]:
@@ -30,8 +29,7 @@ def item_scores(cell: dict, size: int) -> dict[int, float]:
         raise TimeViperError(f"cell {cell_key(cell)} holds no responses to score item by item")
     out = {}
     for seed, raw in zip(cell["seeds"], cell["responses"]):
-        _, item = (make_item("mcq", seed, cell["frames"], size, kind="needle") if task == "needle"
-                   else make_item(task, seed, cell["frames"], size))
+        _, item = task_item(task, seed, cell["frames"], size)
         record = {"id": item["id"], **parse_answer(item["task"], raw), "raw": raw}
         out[seed] = score(item["task"], [record], [item])[metric]
     return out

@@ -86,13 +86,21 @@ def parse_grid(args) -> tuple[list[str], list[str], list[int]]:
     return transv, tasks, lengths
 
 
+def task_item(task: str, seed: int, frames: int, size: int) -> tuple:
+    """(spec, item) of one seed for a sweep task (needle: a multiple-choice question about the needle scene)."""
+    if task == "needle":
+        return make_item("mcq", seed, frames, size, kind="needle")
+    return make_item(task, seed, frames, size)
+
+
 def sweep_items(task: str, frames: int, count: int, offset: int, size: int, split: str = "test") -> list:
     """(spec, item) of the first `count` seeds of `split` from its start + offset that can ask `task`."""
     start = split_range(split).start + offset
-    if task != "needle":
-        return [make_item(task, seed, frames, size) for seed in range(start, start + count)]
-    with_needle = (seed for seed in itertools.count(start) if make_video(seed, frames, size).needle)
-    return [make_item("mcq", seed, frames, size, kind="needle") for seed in itertools.islice(with_needle, count)]
+    if task == "needle":  # only seeds whose video has a needle scene
+        seeds = itertools.islice((s for s in itertools.count(start) if make_video(s, frames, size).needle), count)
+    else:
+        seeds = range(start, start + count)
+    return [task_item(task, seed, frames, size) for seed in seeds]
 
 
 def run_cell(model, task: str, frames: int, args, bar) -> dict:
