@@ -133,6 +133,24 @@ def test_a_pretrained_model_learns_frame_times(tmp_path):
     assert main(["train", "--config", str(write(tmp_path / "bad.yaml", tree)), "--output", str(tmp_path / "bad")]) == 1
 
 
+def test_a_checkpoint_from_relative_paths_exports_from_any_directory(tmp_path, monkeypatch):
+    """Paths in a training config are read from the current directory and kept absolute in its checkpoints."""
+    config = tiny_config(tmp_path / "tiny.yaml")
+    assert main(["train", "--config", str(config), "--output", str(tmp_path / "run"), "--max-steps", "1",
+                 "--export", str(tmp_path / "plain")]) == 0
+    tree = yaml.safe_load(config.read_text())
+    tree["model"] = {"pretrained": "plain"}
+    tree["train"]["trainable"] = ["projector", "llm", "transv"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", str(write(tmp_path / "relative.yaml", tree)), "--output", "tuned",
+                 "--max-steps", "2"]) == 0
+    saved = yaml.safe_load((tmp_path / "tuned" / "checkpoint-2" / "config.yaml").read_text())
+    assert saved["model"]["pretrained"] == str(tmp_path / "plain")
+    monkeypatch.chdir(tmp_path / "run")
+    assert main(["export", str(tmp_path / "tuned"), "--out", str(tmp_path / "model")]) == 0
+    assert TimeViper.from_pretrained(tmp_path / "model").config.tokens_per_frame > 0
+
+
 def test_training_asks_before_the_video_when_told(tmp_path, monkeypatch):
     """model.instruction_before_video: the samples trained on hold the instruction before the video, and the
     exported model asks so too."""

@@ -32,9 +32,12 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def _require_path(path: str | None, key: str, kind: str) -> None:
-    if path is not None:
-        _require(Path(path).exists(), key, f"{kind} {path} does not exist")
+def _existing_path(path: str | None, key: str, kind: str) -> str | None:
+    """`path` made absolute (a checkpoint's config.yaml must not depend on the directory training ran from)."""
+    if path is None:
+        return None
+    _require(Path(path).exists(), key, f"{kind} {path} does not exist")
+    return str(Path(path).absolute())
 
 
 @dataclass
@@ -60,11 +63,11 @@ class ModelConfig:
             f"(a TimeViper directory or 'embedded') or model.tiny; got {sources or 'none'}",
         )
         _require((self.llm is None) == (self.vision is None), "vision", "model.llm and model.vision go together")
-        _require_path(self.llm, "llm", "directory")
-        _require_path(self.vision, "vision", "directory")
+        self.llm = _existing_path(self.llm, "llm", "directory")
+        self.vision = _existing_path(self.vision, "vision", "directory")
         if self.pretrained != "embedded":
-            _require_path(self.pretrained, "pretrained", "directory")
-        _require_path(self.init_checkpoint, "init_checkpoint", "checkpoint")
+            self.pretrained = _existing_path(self.pretrained, "pretrained", "directory")
+        self.init_checkpoint = _existing_path(self.init_checkpoint, "init_checkpoint", "checkpoint")
         check_time_period(self.time_period)
         _require(self.instruction_before_video is None or isinstance(self.instruction_before_video, bool),
                  "instruction_before_video",
@@ -204,8 +207,9 @@ class DatasetConfig:
             _require(self.root is None, "root", "goes with path, not with synth")
         else:
             _require(self.root is not None, "root", "is required with path")
-            _require_path(self.path, "path", "record file")
+            self.path = _existing_path(self.path, "path", "record file")
             _require(Path(self.root).is_dir(), "root", f"directory {self.root} does not exist")
+            self.root = str(Path(self.root).absolute())
         _require(self.weight > 0, "weight", "must be > 0")
         if self.name is None and self.synth is not None:
             self.name = "_".join(filter(None, ("synth", self.synth.task, self.synth.kind)))
