@@ -1,14 +1,17 @@
 """Where the embedded model loses "which way does the X move?": linear probes for the direction (4 classes).
 
     python scripts/probe_motion.py vision [--model DIR]   # the vision tokens the LM is given
+    python scripts/probe_motion.py binding [--model DIR]  # do those tokens tie an object to its background?
     python scripts/probe_motion.py lm [--model DIR]       # the LM's hidden state at the answer position, per layer
     python scripts/probe_motion.py answer [--model DIR]   # the model's own answers
     python scripts/probe_motion.py confusions [--results FILE]   # which scene the wrong answers on long videos read
 
 `vision` reads the direction from the actor's first and last on-screen frames (12 s motion clips; 1,500 train-split
-videos, 400 test-split): all 16 tokens of each, or their mean. `lm` prefills the motion question as inference does
+videos, 400 test-split): all 16 tokens of each, or their mean. `binding` reads, from the vision tokens of frames
+with one object on screen (64 s videos, 120 train-split and 40 test-split), the frame's object (48 classes) and
+its background (12), from any one token alone and from the mean of the frame's 16. `lm` prefills the motion question as inference does
 (800 train videos, 300 test) and probes every layer's output at the prompt's last token, which predicts the answer.
-Prints (train, test) accuracy per probe; chance is 0.25. `answer` asks 60 test-split motion questions on 8-16 s
+Prints (train, test) accuracy per probe; chance is 0.25 (1/48 and 1/12 for `binding`). `answer` asks 60 test-split motion questions on 8-16 s
 clips and prints the accuracy and the directions the model answered. `confusions` needs no model: it reads the
 multiple-choice answers a synth_sweep results file holds (default: the shipped model's) and splits each cell's motion
 questions by whether the asked object also moves another way in another scene, and counts the wrong answers that
@@ -29,7 +32,7 @@ from timeviper.eval import runner
 from timeviper.eval.metrics import parse_option_letter
 from timeviper.synth import make_item
 from timeviper.synth.tasks import LETTERS, motion_question
-from timeviper.synth.world import MOTIONS
+from timeviper.synth.world import BACKGROUNDS, MOTIONS, OBJECTS, make_video
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "embedded_quality.json"
 
@@ -62,8 +65,9 @@ def fit(train_x, train_y, test_x, test_y, steps, l2):
     """(train, test) accuracy of a standardised multinomial logistic regression."""
     mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
     a, b = (train_x - mu) / sd, (test_x - mu) / sd
-    w = torch.zeros(a.shape[1], 4, requires_grad=True)
-    c = torch.zeros(4, requires_grad=True)
+    classes = int(torch.cat([train_y, test_y]).max()) + 1
+    w = torch.zeros(a.shape[1], classes, requires_grad=True)
+    c = torch.zeros(classes, requires_grad=True)
     opt = torch.optim.Adam([w, c], lr=1e-2)
     for _ in range(steps):
         opt.zero_grad()
@@ -89,6 +93,31 @@ def vision_probe(model):
     for name, f in [("all 16 tokens, last frame - first", lambda x: (x[:, 1] - x[:, 0]).flatten(1)),
                     ("mean of the 16 tokens, last frame - first", lambda x: x[:, 1].mean(1) - x[:, 0].mean(1))]:
         print(f"{name}: {fit(f(xa), ya, f(xb), yb, steps=500, l2=1e-3)}")
+
+
+def binding_probe(model):
+    def data(seeds, n):  # [frames, 16 tokens, C]; each frame's object and background
+        xs, objects, backgrounds = [], [], []
+        for seed in seeds[:n]:
+            spec = make_video(seed, 64)
+            shown = [(t, scene.background, actors[0].obj) for scene in spec.scenes for t in range(scene.start, scene.end)
+                     if len(actors := [a for a in scene.actors if a.start <= t < a.end]) == 1
+                     and scene.background in BACKGROUNDS]
+            if shown:
+                times = torch.tensor([t for t, _, _ in shown])
+                with torch.no_grad():
+                    xs.append(model.embed_frames(torch.from_numpy(sample_frames(spec))[times], times))
+                backgrounds += [BACKGROUNDS.index(b) for _, b, _ in shown]
+                objects += [OBJECTS.index(o) for _, _, o in shown]
+        x = torch.cat(xs).view(len(objects), model.config.tokens_per_frame, -1)
+        return x, torch.tensor(objects), torch.tensor(backgrounds)
+
+    (xa, oa, ba), (xb, ob, bb) = data(TRAIN_SEEDS, 120), data(TEST_SEEDS, 40)
+    tokens = xa.shape[1]
+    for label, ya, yb in (("object", oa, ob), ("background", ba, bb)):
+        print(f"{label} from any one token: "
+              f"{fit(xa.flatten(0, 1), ya.repeat_interleave(tokens), xb.flatten(0, 1), yb.repeat_interleave(tokens), 300, 1e-4)}")
+        print(f"{label} from the mean of the frame's tokens: {fit(xa.mean(1), ya, xb.mean(1), yb, 300, 1e-4)}")
 
 
 def lm_probe(model):
@@ -155,7 +184,7 @@ def confusions(results: Path) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("probe", choices=["vision", "lm", "answer", "confusions"])
+    p.add_argument("probe", choices=["vision", "binding", "lm", "answer", "confusions"])
     p.add_argument("--model", default=None, help="a TimeViper directory (default: the embedded model)")
     p.add_argument("--results", type=Path, default=RESULTS, help="confusions: a synth_sweep results file")
     args = p.parse_args()
@@ -163,7 +192,7 @@ def main():
         return confusions(args.results)
     torch.manual_seed(0)
     model = TimeViper.from_pretrained(args.model, dtype=torch.float32).eval()
-    {"vision": vision_probe, "lm": lm_probe, "answer": answer_accuracy}[args.probe](model)
+    {"vision": vision_probe, "binding": binding_probe, "lm": lm_probe, "answer": answer_accuracy}[args.probe](model)
 
 
 if __name__ == "__main__":
