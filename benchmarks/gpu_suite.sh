@@ -15,7 +15,8 @@
 #                    first pretrains the vision front on labelled frames for N steps (timeviper.synth.pretrain_vision)
 #   embedded-sweep   the shipped (or SWEEP_MODEL) model's quality by video length on the GPU, cells written as they
 #                    finish: SWEEP_TASKS (default needle), SWEEP_FRAMES (1000,10000,100000), SWEEP_ITEMS (30),
-#                    SWEEP_TRANSV (default), SWEEP_LOGN (the model's own logn attention length; none or N)
+#                    SWEEP_TRANSV (default), SWEEP_LOGN (the model's own logn attention length; none or N),
+#                    SWEEP_WORKERS (1: processes sharing the GPU, each with a model)
 #   tiny-gpu         configs/tiny-gpu.yaml on one GPU (300 steps; the loss must fall)
 #   tiny-fsdp        the same on two GPUs (FSDP2), compared with tiny-gpu's losses
 #   train-throughput Nano-9B + so400m training speed and MFU over every GPU (FSDP2; bf16 weights on one GPU)
@@ -69,6 +70,7 @@ for step in "$@"; do
       timeout 560 python3 -m timeviper.eval.synth_sweep --model "${SWEEP_MODEL:-src/timeviper/assets/embedded}" \
         --tasks "${SWEEP_TASKS:-needle}" --frames "${SWEEP_FRAMES:-1000,10000,100000}" --items "${SWEEP_ITEMS:-30}" \
         --transv "${SWEEP_TRANSV:-default}" --logn-length "${SWEEP_LOGN:-default}" --device cuda \
+        --workers "${SWEEP_WORKERS:-1}" \
         --out "$out/embedded_sweep${SWEEP_LOGN:+_logn-$SWEEP_LOGN}.json" ;;
     tiny-gpu)
       timeout 400 $train --config configs/tiny-gpu.yaml --output /tmp/tiny-gpu-1

@@ -164,6 +164,7 @@ def test_instruction_before_video_is_applied_and_recorded(model_dir, tmp_path, c
     (["--transv", "default,uni_0"], "bad TransV spec 'uni_0'"),
     (["--tvg-search", "--max-frames", "4"], "drop --max-frames"),
     (["--caption-shots", "--max-frames", "4"], "--caption-shots reads every frame"),
+    (["--workers", "0"], "--workers must be an integer >= 1"),
 ])
 def test_bad_arguments(model_dir, tmp_path, capsys, argv, message):
     assert sweep(model_dir, tmp_path / "sweep.json", "--tasks", "mcq", "--frames", "8", "--items", "1", *argv) == 1
@@ -176,10 +177,22 @@ def test_bad_arguments(model_dir, tmp_path, capsys, argv, message):
     (["--transv", "uni_9_0.5"], "outside the LLM's 4 layers"),
     (["--model", "missing-model"], "has no config.json"),
 ])
-def test_models_that_cannot_run_the_setting(model_dir, tmp_path, capsys, argv, message):
-    assert sweep(model_dir, tmp_path / "sweep.json", "--tasks", "mcq", "--frames", "8", "--items", "1", *argv) == 1
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_models_that_cannot_run_the_setting(model_dir, tmp_path, capsys, argv, message, workers):
+    assert sweep(model_dir, tmp_path / "sweep.json", "--tasks", "mcq", "--frames", "8", "--items", "1", *argv,
+                 "--workers", workers) == 1
     last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
     assert last.startswith("timeviper: error: ") and message in last
+
+
+def test_workers_give_the_answers_of_one_process(model_dir, tmp_path):
+    grid = ["--tasks", "mcq,tvg", "--frames", "8,12", "--items", "3", "--transv", "none,default"]
+    assert sweep(model_dir, tmp_path / "one.json", *grid) == 0
+    assert sweep(model_dir, tmp_path / "two.json", *grid, "--workers", "2") == 0
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert one["settings"] == two["settings"]  # the same sweep: either file resumes the other
+    strip = lambda c: {k: v for k, v in c.items() if not k.startswith("seconds")}  # noqa: E731
+    assert [strip(c) for c in one["cells"]] == [strip(c) for c in two["cells"]]
 
 
 def test_unreadable_out_files(model_dir, tmp_path, capsys):

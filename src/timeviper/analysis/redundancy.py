@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from timeviper.analysis.plots import by_layer
 from timeviper.errors import ConfigError
-from timeviper.eval.synth_sweep import HEADLINE, run_cell
+from timeviper.eval.synth_sweep import HEADLINE, model_answer, run_cell
 
 STRATEGIES = {"uni": "td", "attn": "tdattn"}  # strategy -> TransV kind that drops without transfer
 
@@ -25,12 +25,14 @@ def specs(kinds: dict[int, str], rates: list[float], strategies: list[str]) -> l
 
 def sweep(model, task: str, cells: list[tuple[str, int, float]], args, bar) -> dict:
     """{"baseline": metrics with every token kept, "cells": [{"strategy", "layer", "p", "metrics", "value"}]}."""
+    answer = model_answer(model, args)
     model.set_transv("none")
-    baseline = run_cell(model, task, args.frames, args, bar)["metrics"]
+    baseline = run_cell(answer, "none", task, args.frames, args, bar)["metrics"]
     out = []
     for strategy, layer, p in cells:
-        model.set_transv(f"{STRATEGIES[strategy]}_{layer}_{p:g}")
-        metrics = run_cell(model, task, args.frames, args, bar)["metrics"]
+        spec = f"{STRATEGIES[strategy]}_{layer}_{p:g}"
+        model.set_transv(spec)
+        metrics = run_cell(answer, spec, task, args.frames, args, bar)["metrics"]
         out.append({"strategy": strategy, "layer": layer, "p": p, "metrics": metrics, "value": metrics[HEADLINE[task]]})
     model.set_transv("none")
     return {"baseline": baseline, "cells": out}
