@@ -8,14 +8,14 @@
 
 `vision` reads the direction from the actor's first and last on-screen frames (12 s motion clips; 1,500 train-split
 videos, 400 test-split): all 16 tokens of each, or their mean. `binding` reads, from the vision tokens of frames
-with one object on screen (64 s videos, 120 train-split and 40 test-split), the frame's object (48 classes) and
-its background (12), from any one token alone and from the mean of the frame's 16. `lm` prefills the motion question as inference does
-(800 train videos, 300 test) and probes every layer's output at the prompt's last token, which predicts the answer.
-Prints (train, test) accuracy per probe; chance is 0.25 (1/48 and 1/12 for `binding`). `answer` asks 60 test-split motion questions on 8-16 s
-clips and prints the accuracy and the directions the model answered. `confusions` needs no model: it reads the
-multiple-choice answers a synth_sweep results file holds (default: the shipped model's) and splits each cell's motion
-questions by whether the asked object also moves another way in another scene, and counts the wrong answers that
-name the direction of that other scene.
+with an object on screen (64 s videos, 120 train-split and 40 test-split), the frame's object (48 classes) and
+its background (12), from any one token alone and from the mean of the frame's 16. `lm` prefills the motion
+question as inference does (800 train videos, 300 test) and probes every layer's output at the prompt's last
+token, which predicts the answer. Prints (train, test) accuracy per probe; chance is 0.25 (1/48 and 1/12 for
+`binding`). `answer` asks 60 test-split motion questions on 8-16 s clips and prints the accuracy and the directions
+the model answered. `confusions` needs no model: it reads the multiple-choice answers a synth_sweep results file
+holds (default: the shipped model's) and splits each cell's motion questions by whether the asked object also moves
+another way in another scene, and counts the wrong answers that name the direction of that other scene.
 """
 
 import argparse
@@ -95,28 +95,33 @@ def vision_probe(model):
         print(f"{name}: {fit(f(xa), ya, f(xb), yb, steps=500, l2=1e-3)}")
 
 
+def one_object_frames(spec) -> list[tuple[int, int, int]]:
+    """(second, background index, object index) of every frame with an object on screen (needle scenes left out;
+    the world's scenes show their objects one after another)."""
+    return [(t, BACKGROUNDS.index(scene.background), OBJECTS.index(actors[0].obj))
+            for scene in spec.scenes if scene.background in BACKGROUNDS for t in range(scene.start, scene.end)
+            if len(actors := [a for a in scene.actors if a.start <= t < a.end]) == 1]
+
+
 def binding_probe(model):
     def data(seeds, n):  # [frames, 16 tokens, C]; each frame's object and background
         xs, objects, backgrounds = [], [], []
         for seed in seeds[:n]:
             spec = make_video(seed, 64)
-            shown = [(t, scene.background, actors[0].obj) for scene in spec.scenes for t in range(scene.start, scene.end)
-                     if len(actors := [a for a in scene.actors if a.start <= t < a.end]) == 1
-                     and scene.background in BACKGROUNDS]
-            if shown:
+            if shown := one_object_frames(spec):
                 times = torch.tensor([t for t, _, _ in shown])
                 with torch.no_grad():
                     xs.append(model.embed_frames(torch.from_numpy(sample_frames(spec))[times], times))
-                backgrounds += [BACKGROUNDS.index(b) for _, b, _ in shown]
-                objects += [OBJECTS.index(o) for _, _, o in shown]
+                backgrounds += [b for _, b, _ in shown]
+                objects += [o for _, _, o in shown]
         x = torch.cat(xs).view(len(objects), model.config.tokens_per_frame, -1)
         return x, torch.tensor(objects), torch.tensor(backgrounds)
 
     (xa, oa, ba), (xb, ob, bb) = data(TRAIN_SEEDS, 120), data(TEST_SEEDS, 40)
-    tokens = xa.shape[1]
+    per_token = lambda y: y.repeat_interleave(xa.shape[1])  # noqa: E731 (a frame's label for each of its tokens)
     for label, ya, yb in (("object", oa, ob), ("background", ba, bb)):
-        print(f"{label} from any one token: "
-              f"{fit(xa.flatten(0, 1), ya.repeat_interleave(tokens), xb.flatten(0, 1), yb.repeat_interleave(tokens), 300, 1e-4)}")
+        one = fit(xa.flatten(0, 1), per_token(ya), xb.flatten(0, 1), per_token(yb), 300, 1e-4)
+        print(f"{label} from any one token: {one}")
         print(f"{label} from the mean of the frame's tokens: {fit(xa.mean(1), ya, xb.mean(1), yb, 300, 1e-4)}")
 
 

@@ -1,4 +1,5 @@
-"""scripts/fresh_lm.py, scripts/paired_bootstrap.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions, scripts/probe_captions.py,
+"""scripts/fresh_lm.py, scripts/paired_bootstrap.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions
+and binding labels, scripts/probe_captions.py,
 and the data lists that gpu_suite.sh's embedded step takes in place of a config's mix."""
 
 import json
@@ -92,6 +93,22 @@ def test_motion_confusions_tell_the_asked_scene_from_another():
     assert kinds == {"elsewhere", "only_here"}
     assert probe.motion_confusions(cell, 64) == {"only_here": 1, "only_here_right": 1, "elsewhere": 1,
                                                  "elsewhere_right": 0, "wrong_says_elsewhere": 1}
+
+
+def test_the_binding_probe_labels_frames_with_one_object_on_screen():
+    from timeviper.synth import make_video
+    from timeviper.synth.world import BACKGROUNDS, OBJECTS
+
+    probe = load_script("probe_motion")
+    spec = make_video(1100000, 64, 32)
+    frames = probe.one_object_frames(spec)
+    assert 0 < len(frames) < 64
+    for t, background, obj in frames:
+        scene = next(s for s in spec.scenes if s.start <= t < s.end)
+        (actor,) = [a for a in scene.actors if a.start <= t < a.end]
+        assert (BACKGROUNDS[background], OBJECTS[obj]) == (scene.background, actor.obj)
+    on_screen = [sum(a.start <= t < a.end for s in spec.scenes for a in s.actors) for t in range(64)]
+    assert [t for t, _, _ in frames] == [t for t in range(64) if on_screen[t] == 1]  # the empty frames left out
 
 
 def test_the_selection_probe_maps_tokens_to_frames_and_steers_the_selection():
