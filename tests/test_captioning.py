@@ -12,7 +12,7 @@ from timeviper.captioning import ShotCaption, caption_by_shots, join_captions
 from timeviper.errors import ConfigError
 from timeviper.prompts import CAPTION_PROMPT
 from timeviper.shots import ShotConfig
-from timeviper.video import Video
+from timeviper.sampling import Video
 
 
 def shot(text, start=0.0, end=1.0):

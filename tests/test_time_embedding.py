@@ -10,7 +10,7 @@ from timeviper.errors import ConfigError
 from timeviper.model import TimeViper, TimeViperConfig
 from timeviper.prompts import TextTokenizer
 from timeviper.synth.tokenizer import train_tokenizer
-from timeviper.video import Video
+from timeviper.sampling import Video
 from timeviper.vision import Projector
 from timeviper.vision.projector import time_features
 

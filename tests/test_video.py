@@ -226,3 +226,33 @@ def test_bad_chunk_size(cfr_video, chunk_frames):
         iter_video(cfr_video, chunk_frames=chunk_frames)
     with pytest.raises(ConfigError, match="chunk_frames"):
         frame_chunks(torch.zeros(4, 8, 8, 3, dtype=torch.uint8), chunk_frames=chunk_frames)
+
+
+def test_frames_made_in_memory_need_no_pyav():
+    """Synthetic data, training, sweeps and the command line import without PyAV: only files are decoded with it."""
+    import subprocess
+    import sys
+
+    check = """
+import sys
+class NoPyAV:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "av":
+            raise ImportError("no PyAV here")
+sys.meta_path.insert(0, NoPyAV())
+from timeviper import cli
+from timeviper.data import SynthDataset
+from timeviper.eval import synth_sweep
+from timeviper.model import frame_chunks
+from timeviper.train import trainer
+import torch
+(chunk,) = frame_chunks(torch.zeros(3, 8, 8, 3, dtype=torch.uint8))
+assert chunk.timestamps.tolist() == [0.0, 1.0, 2.0]
+try:
+    list(frame_chunks("video.mp4"))
+except ImportError as e:
+    print(e)
+"""
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "no PyAV here"  # a file, and only a file, asks for it

@@ -60,7 +60,7 @@ def join_captions(shots: list[ShotCaption]) -> str:
 def caption_by_shots(model, video, config: ShotConfig = ShotConfig(), fps: float = 1.0, chunk_frames: int = 256,
                      max_new_tokens: int = 256, batch: int = 8, on_frames: Callable[[int], None] | None = None,
                      on_shot: Callable[[int, int], None] | None = None) -> Captioned:
-    """The caption of `video` (a path, a decoded timeviper.video.Video, or uint8 frames [T, H, W, 3] taken as sampled
+    """The caption of `video` (a path, a decoded timeviper.sampling.Video, or uint8 frames [T, H, W, 3] taken as sampled
     at `fps`), shot by shot. `on_frames(n)` is told of frames encoded, `on_shot(i, total)` of shots captioned."""
     check_int("captions by shot: batch", batch, 1)
     cuts = ShotCuts(config)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from timeviper.errors import ConfigError
-from timeviper.video import kept_samples
+from timeviper.sampling import kept_samples
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,9 @@ class EncodedVideo:
 
 def encode(model, video, fps: float = 1.0, chunk_frames: int = 256,
            on_frames: Callable[[int], None] | None = None, on_chunk: Callable | None = None) -> EncodedVideo:
-    """Every frame of `video` (a path, a decoded timeviper.video.Video, or uint8 frames [T, H, W, 3] taken as sampled
+    """Every frame of `video` (a path, a decoded timeviper.sampling.Video, or uint8 frames [T, H, W, 3] taken as sampled
     at `fps`) through the vision encoder, `chunk_frames` at a time; `on_frames(n)` is told of frames encoded and
-    `on_chunk(chunk)` sees each decoded timeviper.video.Video chunk (its uint8 frames and timestamps)."""
+    `on_chunk(chunk)` sees each decoded timeviper.sampling.Video chunk (its uint8 frames and timestamps)."""
     from timeviper.model import frame_chunks
 
     tokens, times = [], []

@@ -139,7 +139,7 @@ def window_starts(duration: float, window: float, stride: float) -> list[float]:
 def search(model, video, query: str, config: SearchConfig = SearchConfig(), fps: float = 1.0, chunk_frames: int = 256,
            on_frames: Callable[[int], None] | None = None,
            on_window: Callable[[int, int], None] | None = None) -> Grounding:
-    """When `query` happens in `video` (a path, a decoded timeviper.video.Video, or uint8 frames [T, H, W, 3] taken
+    """When `query` happens in `video` (a path, a decoded timeviper.sampling.Video, or uint8 frames [T, H, W, 3] taken
     as sampled at `fps`), by the search above. `on_frames(n)` is told of frames encoded, `on_window(i, total)` of
     windows done."""
     encoded = encode(model, video, fps, chunk_frames, on_frames)  # tokens [F, n, C], times [F] seconds

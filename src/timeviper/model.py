@@ -178,7 +178,7 @@ class TimeViper(nn.Module):
         return self.projector.add_times(tokens, None if times is None else times.to(self.device))
 
     def _vision_stream(self, chunks: Iterable, on_frames: Callable[[int], None] | None) -> Iterator[Tensor]:
-        """Vision tokens [1, n, C] of each chunk: a timeviper.video.Video (frames and their timestamps) or a
+        """Vision tokens [1, n, C] of each chunk: a timeviper.sampling.Video (frames and their timestamps) or a
         uint8 frames tensor, whose frames are taken as shown once a second, counting from the first chunk's."""
         seen = 0
         for chunk in chunks:
@@ -343,7 +343,7 @@ class TimeViper(nn.Module):
 
     def chat(self, video, prompt: str, fps: float = 1.0, max_frames: int | None = None, sampling: str = "uniform",
              chunk_frames: int = 256, progress=None, **generation) -> str:
-        """Answer `prompt` about `video`: a path (decoded at `fps`, streamed), a decoded timeviper.video.Video, or
+        """Answer `prompt` about `video`: a path (decoded at `fps`, streamed), a decoded timeviper.sampling.Video, or
         uint8 frames [T, H, W, 3] (taken as sampled at `fps`)."""
         return self.generate([(frame_chunks(video, fps, max_frames, sampling, chunk_frames), prompt)],
                              progress=progress, **generation)[0]
@@ -427,12 +427,14 @@ def spans_of(batch: dict) -> list[Span]:
 
 def frame_chunks(video, fps: float = 1.0, max_frames: int | None = None, sampling: str = "uniform",
                  chunk_frames: int = 256) -> Iterator:
-    """timeviper.video.Video chunks (uint8 frames [n, H, W, 3] and their timestamps) of a video path, decoded
+    """timeviper.sampling.Video chunks (uint8 frames [n, H, W, 3] and their timestamps) of a video path, decoded
     lazily; of a decoded Video; or of a frames tensor, whose frames are taken as sampled at `fps` from 0 s.
     A Video or tensor of more than `max_frames` frames is thinned as a file would be (`sampling`)."""
-    from timeviper.video import Video, check_chunk_frames, check_sampling, iter_video, kept_samples
+    from timeviper.sampling import Video, check_chunk_frames, check_sampling, kept_samples
 
     if not isinstance(video, (Tensor, Video)):
+        from timeviper.video import iter_video  # only files need decoding (and PyAV)
+
         return iter_video(video, fps, chunk_frames, max_frames, sampling)
     check_sampling(fps, max_frames, sampling)
     check_chunk_frames(chunk_frames)

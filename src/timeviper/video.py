@@ -28,19 +28,10 @@ import numpy as np
 import torch
 
 from timeviper.errors import ConfigError, VideoDecodeError
+from timeviper.sampling import EPS, Video, check_chunk_frames, check_sampling, sample_times
 
-SAMPLINGS = ("uniform", "first")
-_EPS = 1e-6  # seconds; absorbs rounding in pts * time_base
 _SEEK_MIN_SKIP = 1.0  # seconds of video a seek must skip to be worth flushing the decoder
 _TRUNCATION_SLACK = 1.0  # seconds the frames may end before the declared duration without a warning
-
-
-@dataclass
-class Video:
-    frames: torch.Tensor  # uint8 [T, H, W, 3], RGB, upright
-    timestamps: torch.Tensor  # float64 [T], sample times in seconds from the first frame
-    duration: float  # seconds of the whole video (declared by the file); 0.0 for a still image
-    path: str
 
 
 def load_video(path, fps: float = 1.0, max_frames: int | None = None, sampling: str = "uniform",
@@ -67,44 +58,12 @@ def iter_video(path, fps: float = 1.0, chunk_frames: int = 256, max_frames: int 
     return _chunks(reader, targets, chunk_frames, seek)
 
 
-def check_sampling(fps, max_frames, sampling) -> None:
-    """ConfigError unless fps > 0, max_frames is None or a positive integer, and sampling is one of SAMPLINGS."""
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf:
-        raise ConfigError(f"fps must be a positive number, got {fps!r}")
-    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
-                                   or max_frames < 1):
-        raise ConfigError(f"max_frames must be a positive integer or None, got {max_frames!r}")
-    if sampling not in SAMPLINGS:
-        raise ConfigError(f"sampling must be one of {', '.join(SAMPLINGS)}; got {sampling!r}")
-
-
-def check_chunk_frames(chunk_frames) -> None:
-    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
-        raise ConfigError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
-
-
 def _open(path, fps, max_frames, sampling) -> tuple[_Reader, np.ndarray]:
     check_sampling(fps, max_frames, sampling)
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(f"path must be a file path, got {type(path).__name__}")
     reader = _Reader(os.fspath(path))
     return reader, sample_times(reader.duration, fps, max_frames, sampling)
-
-
-def sample_times(duration: float, fps: float, max_frames: int | None, sampling: str) -> np.ndarray:
-    """Sample times in seconds: the grid k / fps over [0, duration), thinned to max_frames."""
-    count = max(1, math.ceil(duration * fps - _EPS))  # a still image or a one-frame video has one
-    return kept_samples(count, max_frames, sampling) / fps
-
-
-def kept_samples(count: int, max_frames: int | None, sampling: str) -> np.ndarray:
-    """Which of `count` samples in a row to keep for at most `max_frames`: all of them, the first max_frames
-    ("first"), or max_frames spread evenly with the first and last included ("uniform")."""
-    if max_frames is None or count <= max_frames:
-        return np.arange(count)
-    if sampling == "first":
-        return np.arange(max_frames)
-    return np.floor(np.linspace(0, count - 1, max_frames) + 0.5)
 
 
 def _chunks(reader: _Reader, targets: np.ndarray, chunk_frames: int, seek: bool) -> Iterator[Video]:
@@ -142,20 +101,20 @@ def _sample(reader: _Reader, targets: np.ndarray, allow_seek: bool) -> Iterator[
     last, last_rgb = None, None
     for target in targets:
         position = ahead.time if ahead else prev.time if prev else -math.inf
-        k = np.searchsorted(keyframes, target + _EPS, side="right") - 1
+        k = np.searchsorted(keyframes, target + EPS, side="right") - 1
         if k >= 0 and keyframes[k] > position + _SEEK_MIN_SKIP:
             frames = reader.seek(target)
             prev, ahead = None, next(frames, None)
             if ahead is None:  # the index points past the readable data: read on from where we were
                 keyframes, frames = keyframes[:0], reader.seek(max(position, 0.0))
                 ahead = next(frames, None)
-        while ahead is not None and ahead.time <= target + _EPS:
+        while ahead is not None and ahead.time <= target + EPS:
             prev, ahead = ahead, next(frames, None)
         chosen = prev or ahead  # a target before the first frame gets the first frame
         if chosen is None:
             reason = f" ({reader.first_error})" if reader.first_error else ""
             raise VideoDecodeError(f"{reader.path}: no decodable video frames{reason}")
-        past_end = ahead is None and target >= chosen.end - _EPS
+        past_end = ahead is None and target >= chosen.end - EPS
         if past_end and last is not None and reader.duration - chosen.end > _TRUNCATION_SLACK:
             warnings.warn(f"{reader.path}: video data ends at {chosen.end:.2f} s of {reader.duration:.2f} s "
                           f"(truncated or damaged file); returning the frames before that")
@@ -269,7 +228,7 @@ class _Reader:
                                        f"decode without seeking (seek=False)") from None
             frames = self.frames()
             first = next(frames, None)
-            if first is None or first.time <= target + _EPS or start == 0.0:
+            if first is None or first.time <= target + EPS or start == 0.0:
                 return chain([first] if first else [], frames)
             back = max(_SEEK_MIN_SKIP, 2 * back)
 

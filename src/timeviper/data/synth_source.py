@@ -24,7 +24,7 @@ from timeviper.prompts import CAPTION_PROMPT, VIDEO_PLACEHOLDER, grounding_promp
 from timeviper.synth import VideoSpec, iter_items, make_item, render_frames
 from timeviper.synth.tasks import LETTERS
 from timeviper.synth.world import FPS
-from timeviper.video import Video, sample_times
+from timeviper.sampling import Video, sample_times
 
 if TYPE_CHECKING:
     from timeviper.train.config import SynthConfig

@@ -54,7 +54,7 @@ def parse_answer(task: str, text: str) -> dict:
 
 def predict(model, video, item: dict, max_frames: int | None = None, sampling: str = "uniform",
             search=None, shots=None) -> dict:
-    """Ask `model` the item's question about `video` (a path, a decoded timeviper.video.Video or uint8 frames
+    """Ask `model` the item's question about `video` (a path, a decoded timeviper.sampling.Video or uint8 frames
     shown once a second): its prediction record. With `search` (a timeviper.grounding.SearchConfig) a tvg item
     is grounded by timeviper.grounding.search, over every frame; its record adds the best window's `search`
     scores, and `raw` is the span it found. With `shots` (a timeviper.shots.ShotConfig) a caption item is
