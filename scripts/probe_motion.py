@@ -32,7 +32,8 @@ from timeviper.eval import runner
 from timeviper.eval.metrics import parse_option_letter
 from timeviper.synth import make_item
 from timeviper.synth.tasks import LETTERS, motion_question
-from timeviper.synth.world import BACKGROUNDS, MOTIONS, OBJECTS, make_video
+from timeviper.synth.pretrain_vision import NO_OBJECT, frame_labels
+from timeviper.synth.world import BACKGROUNDS, MOTIONS, make_video
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "embedded_quality.json"
 
@@ -96,11 +97,11 @@ def vision_probe(model):
 
 
 def one_object_frames(spec) -> list[tuple[int, int, int]]:
-    """(second, background index, object index) of every frame with an object on screen (needle scenes left out;
-    the world's scenes show their objects one after another)."""
-    return [(t, BACKGROUNDS.index(scene.background), OBJECTS.index(actors[0].obj))
-            for scene in spec.scenes if scene.background in BACKGROUNDS for t in range(scene.start, scene.end)
-            if len(actors := [a for a in scene.actors if a.start <= t < a.end]) == 1]
+    """(second, background index, object index) of every frame with an object on screen, needle scenes left out
+    (the labels vision pretraining uses: the world's scenes show their objects one after another)."""
+    labels = ((t, *frame_labels(spec, t)[:2]) for t in range(spec.frames))
+    return [(t, background, obj) for t, background, obj in labels
+            if obj != NO_OBJECT and background < len(BACKGROUNDS)]  # needle backgrounds come after the others
 
 
 def binding_probe(model):

@@ -128,9 +128,14 @@ def predict(model, spec, item: dict, max_frames: int | None, tvg_search: bool, c
                           shots=ShotConfig() if caption_shots else None)
 
 
+def predict_options(args) -> tuple:
+    """predict's arguments after the item, from the sweep's."""
+    return args.max_frames, args.tvg_search, args.caption_shots
+
+
 def model_answer(model, args):
     """answer(items): the records of `model`, in this process, for (spec, item) pairs in order."""
-    options = (args.max_frames, args.tvg_search, args.caption_shots)
+    options = predict_options(args)
     return lambda items: (predict(model, spec, item, *options) for spec, item in items)
 
 
@@ -174,9 +179,8 @@ def answerer(args, setting: str, before: bool | None):
         yield model_answer(model, args), model.config.transv
         return
     threads = max(1, (os.cpu_count() or 1) // args.workers)
-    options = (args.max_frames, args.tvg_search, args.caption_shots)
     with ProcessPoolExecutor(args.workers, multiprocessing.get_context("spawn"), initializer=_start_worker,
-                             initargs=(model_args, before, options, threads)) as pool:
+                             initargs=(model_args, before, predict_options(args), threads)) as pool:
         yield (lambda items: pool.map(_worker_predict, items)), pool.submit(_worker_spec).result()
 
 
