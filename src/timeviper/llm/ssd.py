@@ -11,7 +11,6 @@ q=C, k=B, v=x*dt and log-decay dt*A) and the pure PyTorch `ssd_chunked` elsewher
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 try:
