@@ -7,6 +7,7 @@ tokenizer.json of the text tokenizer.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from timeviper import engine
 from timeviper.errors import CheckpointError, ConfigError
+from timeviper.evidence import EvidenceAttention, evidence_loss, evidence_tokens
 from timeviper.llm import HybridLM
 from timeviper.llm.cache import Cache
 from timeviper.llm.config import LMConfig
@@ -89,6 +91,8 @@ class TimeViper(nn.Module):
         self.llm = HybridLM(config.llm)
         self.transv = nn.ModuleDict({str(s.layer): TransV(config.llm, s) for s in parse_transv(config.transv)})
         self.train_shares: tuple[float, float] | None = None  # training: uniform TransV's p drawn per sample
+        self.evidence_attention: EvidenceAttention | None = None  # training: see timeviper.evidence
+        self.extra_losses: dict[str, Tensor] = {}  # training: the last forward_train's added terms (summed, detached)
 
     @property
     def device(self) -> torch.device:
@@ -208,17 +212,34 @@ class TimeViper(nn.Module):
             h = h.index_put((torch.zeros_like(rows), rows), vision.to(h.dtype))
         positions = batch["position_ids"].to(self.device) if self.config.llm.needs_positions else None
         spans = spans_of(batch)
-        out, index = run_packed(self.llm, self.transv_layers, h, positions, spans, self.drawn_shares(len(spans)))
+        evidence, watch = self._evidence_watch(batch, ids.shape[1])
+        out, index = run_packed(self.llm, self.transv_layers, h, positions, spans, self.drawn_shares(len(spans)),
+                                watch)
         labels = batch["labels"].to(self.device)[0, index]
         learn = labels != -100
         _, logits = self.llm.head(out[:, learn])
         loss = F.cross_entropy(logits[0], labels[learn], reduction="none")  # [n] per loss token
+        added = self.evidence_attention.weight * sum(evidence) if evidence else loss.new_zeros(())
+        self.extra_losses = {"evidence_loss": added.detach()} if self.evidence_attention else {}
         if average == "token":
-            return loss.sum(), learn.sum()
+            return loss.sum() + added, learn.sum()
         bounds = batch["cu_seqlens"].to(self.device)
         sample = torch.searchsorted(bounds, index[learn], right=True) - 1  # [n] the sample of each loss token
         tokens = torch.zeros(len(bounds) - 1, device=self.device).index_add_(0, sample, torch.ones_like(loss))
-        return (loss / tokens[sample]).sum(), (tokens > 0).sum()
+        return (loss / tokens[sample]).sum() + added, (tokens > 0).sum()
+
+    def _evidence_watch(self, batch: dict, length: int) -> tuple[list[Tensor], dict]:
+        """The list evidence attention's losses will be appended to, and the layers run_packed must show it."""
+        losses: list[Tensor] = []
+        flags = None if self.evidence_attention is None else evidence_tokens(
+            batch, self.config.tokens_per_frame, length, self.device)  # bool [T]
+        if flags is None:
+            return losses, {}
+
+        def watch(layer, h, positions, spans, index):
+            losses.append(evidence_loss(self.llm.layers[layer], h, positions, spans, flags[index]))
+
+        return losses, {layer: functools.partial(watch, layer) for layer in self.evidence_attention.layers}
 
     def drawn_shares(self, samples: int) -> dict[int, list[float]] | None:
         """Each sample's drop share at every uniform TransV layer, drawn uniformly from `train_shares` (set by

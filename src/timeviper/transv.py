@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -263,22 +264,28 @@ def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor 
 
 
 def run_packed(llm, transv: dict[int, TransV], h: Tensor, positions: Tensor | None, spans: list[Span],
-               shares: dict[int, list[float]] | None = None) -> tuple[Tensor, Tensor]:
+               shares: dict[int, list[float]] | None = None, watch: dict[int, Callable] | None = None
+               ) -> tuple[Tensor, Tensor]:
     """The whole (packed) sequence h [1, T, C] through every layer of `llm`, TransV included; `shares` gives
     uniform TransV layers each sample's drop share in place of their spec's p (training with drawn shares).
+    `watch[l](h, positions, spans, index)` is called with what enters layer l (before its TransV).
 
     Returns the last hidden states [1, T', C] (before the final norm) and the index [T'] of the
     surviving tokens into the input (to gather labels).
     """
     index = torch.arange(h.shape[1], device=h.device)
+    watch = watch or {}
 
     def cu():
         return cu_seqlens_of(spans, h.device) if len(spans) > 1 else None
 
     layer = 0
-    for at in sorted(transv):
-        h = llm.run_layers(h, layer, at, positions, cu())
-        h, positions, spans, keep = apply_packed(transv[at], llm.layers[at], h, positions, spans,
-                                                 (shares or {}).get(at))
-        index, layer = index[keep], at
+    for at in sorted(set(transv) | set(watch)):
+        h, layer = llm.run_layers(h, layer, at, positions, cu()), at
+        if at in watch:
+            watch[at](h, positions, spans, index)
+        if at in transv:
+            h, positions, spans, keep = apply_packed(transv[at], llm.layers[at], h, positions, spans,
+                                                     (shares or {}).get(at))
+            index = index[keep]
     return llm.run_layers(h, layer, len(llm.layers), positions, cu()), index

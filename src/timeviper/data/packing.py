@@ -24,6 +24,9 @@ key                   type, shape          meaning
 ``frame_times``       list of N            per sample, float ``[F]`` seconds into its video, or
                                            None without frames (0, 1, 2, ... when the sample
                                            gave none)
+``evidence``          list of N            per sample, bool ``[F]``: which frames show what the
+                                           answer names (none: all False; see
+                                           :mod:`timeviper.evidence`), or None without frames
 ``sample_ids``        list of N str        record ids, for error messages
 ====================  ===================  =====================================================
 
@@ -52,9 +55,19 @@ PAD_ID = 0
 LOAD_BATCH = 16  # samples a loader process hands over at once: the main process pays per hand-over, not per sample
 
 
+def frames_within(times: torch.Tensor, intervals) -> torch.Tensor:
+    """Bool [F]: which frames (at `times` [F] seconds) fall in any [start, end) of `intervals`."""
+    inside = torch.zeros(len(times), dtype=torch.bool)
+    for start, end in intervals:
+        inside |= (times >= start) & (times < end)
+    return inside
+
+
 def collate(samples: Sequence[Sample], pad_to_multiple_of: int = 1) -> dict:
     """Pack ``samples`` into one micro-batch (layout in the module docstring)."""
     ids, labels, positions, spans, instruction_ends, bounds = [], [], [], [], [], [0]
+    frame_times = [None if s.frames is None else torch.arange(len(s.frames), dtype=torch.float64)
+                   if s.frame_times is None else s.frame_times for s in samples]
     for s in samples:
         offset, n = bounds[-1], len(s)
         ids.append(s.input_ids)
@@ -79,8 +92,9 @@ def collate(samples: Sequence[Sample], pad_to_multiple_of: int = 1) -> dict:
         "vision_spans": torch.tensor(spans, dtype=torch.long).view(-1, 2),
         "instruction_ends": torch.tensor(instruction_ends, dtype=torch.long),
         "frames": [s.frames for s in samples],
-        "frame_times": [None if s.frames is None else torch.arange(len(s.frames), dtype=torch.float64)
-                        if s.frame_times is None else s.frame_times for s in samples],
+        "frame_times": frame_times,
+        "evidence": [None if times is None else frames_within(times, s.evidence)
+                     for s, times in zip(samples, frame_times)],
         "sample_ids": [s.id for s in samples],
     }
 

@@ -82,6 +82,7 @@ class Sample:
     instruction_end: int  # the instruction is input_ids[vision_span[1]:instruction_end]
     frames: torch.Tensor | None  # uint8 [F, H, W, 3]
     frame_times: torch.Tensor | None = None  # float [F], seconds into the video (None: 0, 1, 2, ...)
+    evidence: tuple[tuple[float, float], ...] = ()  # [start, end) seconds holding the answer (timeviper.evidence)
 
     def __len__(self) -> int:
         return self.input_ids.numel()
@@ -205,7 +206,7 @@ def encode_turns(tokenize: Tokenize, conversations: list[dict], where: str) -> T
 
 def make_sample(
     sample_id: str, text: Tokenized, frames: torch.Tensor | None, tokens_per_frame: int, max_tokens: int, where: str,
-    frame_times: torch.Tensor | None = None,
+    frame_times: torch.Tensor | None = None, evidence: tuple[tuple[float, float], ...] = (),
 ) -> Sample | Skipped:
     """Splice ``tokens_per_frame`` vision slots per frame into ``text``; ``too_long`` past ``max_tokens``."""
     n = 0 if frames is None else frames.shape[0] * tokens_per_frame
@@ -220,6 +221,7 @@ def make_sample(
         instruction_end=text.instruction_end + n,
         frames=frames,
         frame_times=frame_times,
+        evidence=evidence,
     )
 
 

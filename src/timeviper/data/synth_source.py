@@ -94,7 +94,7 @@ class SynthDataset:
     With ``spec.questions`` n > 1 a sample asks up to n different questions on its video, one turn each
     (the first as with n = 1, then random kinds, or ``spec.kind`` again with ``spec.same_kind``): n answers
     for the price of one video's tokens. The first question's last token steers attention-guided TransV, as
-    its instruction.
+    its instruction, and its `evidence` is the sample's (see timeviper.evidence).
     """
 
     def __init__(self, name: str, spec: SynthConfig, *, tokenize: Tokenize, tokens_per_frame: int,
@@ -142,4 +142,4 @@ class SynthDataset:
             return text
         clip = sample_video(video, self.max_frames, "uniform", self.fps)
         return make_sample(items[0]["id"], text, clip.frames, self.tokens_per_frame, self.max_tokens, where,
-                           clip.timestamps)
+                           clip.timestamps, tuple(map(tuple, items[0].get("evidence", ()))))

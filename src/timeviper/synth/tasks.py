@@ -4,6 +4,9 @@ An item is a JSON-ready dict with `id`, `task`, `seed`, `frames`, `duration`, `s
 - mcq: `kind` (the question type, one of MCQ_KINDS), `options` (4 strings), `answer` ("A".."D");
 - tvg: `query` (the event), `start` and `end` (seconds; the event is on screen in [start, end));
 - caption: `caption`, in the grammar below.
+mcq and tvg items also hold `evidence`: the [start, end) intervals (seconds) where what the answer names is on
+screen (the answer's object for present/background/order/count, the asked actor for motion/needle, the
+asked scene for scene, the event for tvg). It is a training signal (`timeviper.evidence`), never shown to the model.
 The video is make_video(seed, frames, size): it does not depend on the task; the question does,
 through its own random stream.
 
@@ -32,7 +35,7 @@ LETTERS = "ABCD"
 
 # A multiple-choice question before its options are drawn: distractors come from `near` first
 # (plausible ones: things the video shows elsewhere, or that look alike), then from `far`.
-Question = namedtuple("Question", "text answer near far")
+Question = namedtuple("Question", "text answer near far evidence")
 
 
 def article(phrase: str) -> str:
@@ -93,6 +96,7 @@ def _mcq_questions(spec: VideoSpec) -> dict[str, list[Question]]:
     absent = [o for o in OBJECTS if o not in count]
     backgrounds = {o: {bg for bg, obj in pairs if obj == o} for o in shown}
     needle = spec.needle
+    seen = {o: [(a.start, a.end) for _, a in events if a.obj == o] for o in shown}  # where each object is on screen
 
     def alike(obj):
         color, shape = obj.split()
@@ -103,31 +107,35 @@ def _mcq_questions(spec: VideoSpec) -> dict[str, list[Question]]:
         return [o for o in shown if o not in inside], [o for o in OBJECTS if o not in inside]
 
     def in_scene(which, scene):
-        return [Question(f"Which object appears in the {which} scene?", a.obj, *not_in(scene)) for a in scene.actors]
+        return [Question(f"Which object appears in the {which} scene?", a.obj, *not_in(scene), [(scene.start, scene.end)])
+                for a in scene.actors]
 
     return {
-        "present": [Question("Which of these objects appears in the video?", o, alike(o), absent) for o in shown],
+        "present": [Question("Which of these objects appears in the video?", o, alike(o), absent, seen[o]) for o in shown],
         "scene": in_scene("first", spec.scenes[0]) + in_scene("last", spec.scenes[-1]) if len(spec.scenes) > 1 else [],
         "background": [  # an object seen only in the needle is for the needle kind to ask about
-            Question(f"What is the background when the {o} appears?", bg, [s.background for s in spec.scenes], BACKGROUNDS)
+            Question(f"What is the background when the {o} appears?", bg, [s.background for s in spec.scenes], BACKGROUNDS,
+                     seen[o])
             for o, (bg, *more) in backgrounds.items()
             if not more and bg in BACKGROUNDS
         ],
         "order": [
-            Question("Which of these objects appears first in the video?", o, shown[i + 1 :], absent)
+            Question("Which of these objects appears first in the video?", o, shown[i + 1 :], absent, seen[o][:1])
             for i, o in enumerate(shown[:-1])
         ],
         "count": [
-            Question(f"How many times does the {o} appear in the video?", str(n), [str(k) for k in range(max(1, n - 3), n + 4)], [])
+            Question(f"How many times does the {o} appear in the video?", str(n), [str(k) for k in range(max(1, n - 3), n + 4)], [],
+                     seen[o])
             for o, n in count.items()
         ],
         "motion": [
-            Question(motion_question(a.obj, s.background), a.motion, MOTIONS, [])
+            Question(motion_question(a.obj, s.background), a.motion, MOTIONS, [], [(a.start, a.end)])
             for s, a in events
             if a.end - a.start > 1 and pairs.count((s.background, a.obj)) == 1
         ],
         "needle": [
-            Question("One scene lasts only a few seconds. Which object appears in it?", a.obj, *not_in(needle))
+            Question("One scene lasts only a few seconds. Which object appears in it?", a.obj, *not_in(needle),
+                     [(a.start, a.end)])
             for a in (needle.actors if needle else ())
         ],
     }
@@ -145,7 +153,8 @@ def _mcq(spec: VideoSpec, rng, kind: str | None = None) -> dict:
     distractors = [x for x in dict.fromkeys(candidates) if x != q.answer][:3]
     position = int(rng.integers(4))
     options = distractors[:position] + [q.answer] + distractors[position:]
-    return {"kind": kind, "question": q.text, "options": options, "answer": LETTERS[position]}
+    return {"kind": kind, "question": q.text, "options": options, "answer": LETTERS[position],
+            "evidence": [[float(a), float(b)] for a, b in q.evidence]}
 
 
 def _tvg(spec: VideoSpec, rng) -> dict:
@@ -158,6 +167,7 @@ def _tvg(spec: VideoSpec, rng) -> dict:
         "query": query,
         "start": float(actor.start),
         "end": float(actor.end),
+        "evidence": [[float(actor.start), float(actor.end)]],
     }
 
 

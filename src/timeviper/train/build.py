@@ -10,6 +10,7 @@ import torch
 
 from timeviper.errors import CheckpointError, ConfigError
 from timeviper.llm.config import LMConfig
+from timeviper.evidence import EvidenceAttention
 from timeviper.model import TimeViper, TimeViperConfig
 from timeviper.prompts import TextTokenizer
 from timeviper.train.checkpoint import MARKER, latest_checkpoint, load_model_weights
@@ -59,6 +60,9 @@ def build_model(config: Config, dtype: torch.dtype = torch.float32, device=None)
             raise ConfigError(f"model.transv_train_shares needs a uniform TransV layer; the model's TransV is "
                               f"{model.config.transv!r}")
         model.train_shares = tuple(float(x) for x in m.transv_train_shares)
+    if config.train.evidence_weight:
+        model.evidence_attention = EvidenceAttention(tuple(config.train.evidence_layers), config.train.evidence_weight)
+        model.evidence_attention.check(model.config.llm)
     model.vision.trainable = "vision" in config.train.trainable
     return model
 

@@ -90,6 +90,10 @@ class TrainConfig:
     activation_checkpointing: bool = False
     seed: int = 0
     loss_average: str = "token"  # token: every loss token weighs the same; sample: every sample does
+    # evidence attention (timeviper.evidence): at these attention layers, weight * -log(the last instruction
+    # token's attention on the frames that hold the answer) is added to each sample's loss; 0: off
+    evidence_layers: list[int] = field(default_factory=list)
+    evidence_weight: float = 0.0
 
     def __post_init__(self):
         _require(self.stage in STAGE_TRAINABLE, "stage", f"must be 1 or 2, got {self.stage}")
@@ -107,6 +111,9 @@ class TrainConfig:
         for key in ("max_steps", "global_batch_tokens", "micro_batch_tokens"):
             _require(getattr(self, key) >= 1, key, "must be >= 1")
         _require(self.seed >= 0, "seed", "must be >= 0")
+        _require(self.evidence_weight >= 0, "evidence_weight", f"must be >= 0, got {self.evidence_weight}")
+        _require(not self.evidence_weight or self.evidence_layers, "evidence_layers",
+                 "must name at least one attention layer when train.evidence_weight > 0")
         _require(
             self.global_batch_tokens % self.micro_batch_tokens == 0,
             "global_batch_tokens",

@@ -5,7 +5,9 @@ cross-entropy *summed* over the batch's loss tokens (computed in fp32) and how m
 (``average="token"``; with ``"sample"`` each sample's tokens share a weight of 1 and the divisor
 counts samples). The trainer sums both over the micro-batches of a step and over ranks, and
 divides the gradients by the global divisor, so every loss token (or sample) of a step weighs the
-same whatever micro-batch or rank it fell in: the result equals one big batch's mean loss.
+same whatever micro-batch or rank it fell in: the result equals one big batch's mean loss. Terms a
+model adds to that sum (such as evidence attention) it may also leave in ``model.extra_losses``
+(name -> detached sum), which the log then shows apart, under the same divisor.
 
 The training data is any iterator of batches (the model's input) with ``state_dict()``,
 ``load_state_dict(state)`` and ``skips`` (:class:`~timeviper.data.SkipStats`), such as
@@ -52,6 +54,9 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.train_data = train_data
         self.grad_accum = config.grad_accum(self.env.world_size)
+        if config.train.evidence_weight and self.env.world_size > 1:  # it reads a layer outside its forward
+            raise ConfigError("train.evidence_weight: evidence attention trains in one process only; "
+                              f"this run has {self.env.world_size}")
         counts = set_trainable(model, config.train.trainable)
         print0("trainable parameters:", ", ".join(f"{part} {n / 1e6:.1f}M" for part, n in counts.items()))
         flops_per_token = getattr(model, "flops_per_token", None)
@@ -151,7 +156,7 @@ class Trainer:
         device = self.env.device
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         loss_tokens = torch.zeros((), dtype=torch.float64, device=device)
-        tokens, waited = 0, 0.0
+        tokens, waited, extra = 0, 0.0, {}
         for _ in range(self.grad_accum):
             clock = time.perf_counter()
             batch = next(self.train_data)
@@ -163,14 +168,18 @@ class Trainer:
             loss_sum += loss.detach()
             loss_tokens += count
             tokens += batch["input_ids"].numel()
-        totals = torch.stack([loss_sum, loss_tokens, torch.tensor(float(tokens), dtype=torch.float64, device=device)])
-        loss_sum, loss_tokens, tokens = all_reduce_sum(totals).tolist()
+            for name, value in getattr(self.model, "extra_losses", {}).items():  # terms inside loss, for the log
+                extra[name] = extra.get(name, 0.0) + value.double()
+        totals = torch.stack([loss_sum, loss_tokens, torch.tensor(float(tokens), dtype=torch.float64, device=device),
+                              *extra.values()])
+        loss_sum, loss_tokens, tokens, *extra_sums = all_reduce_sum(totals).tolist()
         if loss_tokens == 0:
             raise TimeViperError(f"step {step + 1}: no loss token in any micro-batch")
         grad_norm = scale_and_clip_grads_(self.params, 1.0 / loss_tokens, self.config.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics = {"loss": loss_sum / loss_tokens, "lr": self.config.optim.lr * factor}
+        metrics.update({name: value / loss_tokens for name, value in zip(extra, extra_sums)})
         if self._has_transv:
             metrics["transv_lr"] = self.config.optim.transv_lr * factor
         divisor = "loss_tokens" if self.config.train.loss_average == "token" else "loss_samples"
