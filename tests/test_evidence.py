@@ -170,3 +170,16 @@ def tokenizer():
 
     return TextTokenizer(train_tokenizer(vocab_size=1024), "timeviper")
 
+
+
+def test_several_processes_are_refused(tmp_path, monkeypatch):
+    """Under FSDP2 the watched layer's weights would be read outside its forward: one process only."""
+    import timeviper.train.trainer as trainer
+    from timeviper.train import load_config
+    from timeviper.train.distributed import DistEnv
+
+    config = load_config(tiny_config(tmp_path / "tiny.yaml"),
+                         ["train.evidence_weight=0.1", "train.evidence_layers=[2]"])
+    monkeypatch.setattr(trainer, "init_distributed", lambda: DistEnv(0, 0, 2, torch.device("cpu")))
+    with pytest.raises(ConfigError, match="one process only"):
+        trainer.Trainer(config, torch.nn.Linear(1, 1), iter(()), tmp_path / "run")

@@ -173,6 +173,24 @@ def test_long_videos_are_spread_over_max_frames_and_clips_cut(tmp_path):
     assert whole.id == "d.jsonl#0"
 
 
+def test_evidence_is_read_in_the_time_of_the_frames(tmp_path):
+    video, image = write_media(tmp_path, "v.mp4", "100"), write_media(tmp_path, "i.jpg", "1")
+    records = [
+        {"video": video, "evidence": [[12, 15.5], [70, 71]], "conversations": chat()},
+        {"video": video, "start": 10, "end": 90, "evidence": [[12, 15.5]], "conversations": chat()},
+        {"video": video, "conversations": chat()},
+        {"video": video, "evidence": [[15, 12]], "conversations": chat()},
+        {"video": video, "evidence": [12, 15], "conversations": chat()},
+        {"video": video, "evidence": "12-15", "conversations": chat()},
+        {"image": image, "evidence": [[0, 1]], "conversations": chat("<image> What?")},
+    ]
+    dataset = make_dataset(write_jsonl(tmp_path / "d.jsonl", records), tmp_path)
+    whole, clip, none, *bad = (dataset[i] for i in range(len(records)))
+    assert whole.evidence == ((12.0, 15.5), (70.0, 71.0)) and none.evidence == ()
+    assert clip.evidence == ((2.0, 5.5),)  # the clip's frame times start at 0
+    assert [b.reason for b in bad] == ["bad_fields"] * 4 and "bad evidence" in bad[0].detail
+
+
 def test_samples_without_loss_tokens_are_skipped_and_bad_tokenizers_fail(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"conversations": chat()}])
 

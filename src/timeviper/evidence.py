@@ -2,14 +2,14 @@
 
 Attention-guided TransV keeps the vision tokens that the last instruction token attends to most under its
 layer's own attention (mean over heads of the softmax over the sample's vision tokens; transv.attention_scores).
-Nothing in next-token training says which tokens those should be. Where the data know which frames show what
-the answer names (the synthetic world's `evidence` intervals), training can add, for each such sample and each
-chosen attention layer,
+Nothing in next-token training says which tokens those should be. Where the data know which frames show what the
+answer names (the synthetic world's `evidence` intervals, or a record's), training can add, for each such sample
+and each chosen attention layer,
 
     weight * -log( sum over the evidence frames' vision tokens of that attention )
 
 so that the selection keeps the answer's frames and the hidden states reaching that layer make them findable.
-Samples without evidence (captions, records of files) add nothing. Inference is unchanged.
+Samples without evidence (captions, records without an "evidence" field) add nothing. Inference is unchanged.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ A record file is a JSON list or a JSONL file of objects such as::
                        {"from": "gpt", "value": "A dog fetches a ball."}]}
 
 ``video`` or ``image`` (at most one; neither for text-only records) is relative to the dataset's
-root; ``start``/``end`` (seconds, videos only) select a clip; turns alternate ``human``/``gpt``,
+root; ``start``/``end`` (seconds, videos only) select a clip; ``evidence`` (videos only, optional) lists
+the ``[start, end]`` seconds of the video where the answer is to be seen, for evidence attention
+(:mod:`timeviper.evidence`; a grounding record's own timestamps, say); turns alternate ``human``/``gpt``,
 starting with ``human``. The file is indexed once (byte offsets of its records) and each record is
 parsed and validated only when it is drawn. A record that cannot be used becomes a
 :class:`Skipped` with one of :data:`SKIP_REASONS`; :class:`SkipStats` counts them by reason so a run
@@ -69,6 +71,7 @@ class Record:
     conversations: list[dict]
     media: Path | None = None
     clip: tuple[float, float] | None = None
+    evidence: tuple[tuple[float, float], ...] = ()  # seconds of the video
 
 
 @dataclass
@@ -180,15 +183,27 @@ def parse_record(obj: object, root: Path, default_id: str) -> Record:
     clip = None
     if "start" in obj or "end" in obj:
         start, end = obj.get("start"), obj.get("end")
-        numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (start, end))
-        if media_keys != ["video"] or not numbers or not 0 <= start < end:
+        if media_keys != ["video"] or not _seconds(start, end):
             raise MalformedRecord(
                 "bad_fields", f"bad clip start={start!r} end={end!r} (needs a video, 0 <= start < end)"
             )
         clip = (float(start), float(end))
 
+    evidence = obj.get("evidence", [])
+    intervals = evidence if isinstance(evidence, list) else [None]
+    if not all(isinstance(pair, list) and len(pair) == 2 and _seconds(*pair) for pair in intervals) or (
+            evidence and media_keys != ["video"]):
+        raise MalformedRecord("bad_fields", f"bad evidence {evidence!r} (needs a video, [[start, end], ...] with "
+                                            "0 <= start < end)")
     record_id = obj.get("id", default_id)
-    return Record(id=str(record_id), conversations=turns, media=media, clip=clip)
+    return Record(id=str(record_id), conversations=turns, media=media, clip=clip,
+                  evidence=tuple((float(a), float(b)) for a, b in evidence))
+
+
+def _seconds(start, end) -> bool:
+    """Whether (start, end) are numbers with 0 <= start < end."""
+    numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (start, end))
+    return numbers and 0 <= start < end
 
 
 def encode_turns(tokenize: Tokenize, conversations: list[dict], where: str) -> Tokenized | Skipped:
@@ -280,7 +295,9 @@ class ConversationDataset:
                 frames, times = self._frames(record)
             except VideoDecodeError as e:
                 return Skipped("media_decode", f"{where}: {e}")
-        return make_sample(record.id, text, frames, self.tokens_per_frame, self.max_tokens, where, times)
+        shift = record.clip[0] if record.clip else 0.0  # frame times count from the clip's start
+        evidence = tuple((start - shift, end - shift) for start, end in record.evidence)
+        return make_sample(record.id, text, frames, self.tokens_per_frame, self.max_tokens, where, times, evidence)
 
     def _frames(self, record: Record) -> tuple[torch.Tensor, torch.Tensor]:
         """The record's frames and their times (seconds from the start of its clip, or of its video)."""
