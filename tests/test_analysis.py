@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from timeviper.analysis.mixing import mixing
-from timeviper.analysis.sequence import INSTRUCTION, SYSTEM, VISION, greedy, request, run
+from timeviper.analysis.attention import evidence_received
+from timeviper.analysis.sequence import INSTRUCTION, RESPONSE, SYSTEM, VISION, greedy, request, run
 from timeviper.cli import main
 from timeviper.errors import ConfigError
 from timeviper.llm import HybridLM, LMConfig
@@ -141,6 +142,20 @@ def test_analyze_blocking_and_attention_write_data_and_figures(tmp_path, capsys)
     assert data["settings"]["drop"] == "td_2_0.5" and data["tokens"]["vision"] == 4 * 16
     for layer in data["layers"]:
         assert sum(layer["received"].values()) == pytest.approx(1.0, abs=1e-3)
+    if data["evidence_share"] is not None:  # no evidence share past the drop: which tokens are left is not kept
+        assert [layer["evidence"] is None for layer in data["layers"]] == [layer["layer"] >= 2
+                                                                         for layer in data["layers"]]
+
+
+def test_evidence_received_is_the_readers_share_of_the_video_on_the_evidence():
+    groups = torch.tensor([SYSTEM, VISION, VISION, VISION, VISION, INSTRUCTION, RESPONSE])
+    shares = torch.zeros(7, 7)
+    shares[5, [0, 1, 2, 3, 4]] = torch.tensor([0.5, 0.05, 0.1, 0.15, 0.2])  # half on the system token
+    shares[6, [1, 4, 5]] = torch.tensor([0.25, 0.25, 0.5])
+    evidence = torch.tensor([True, False, False, True])
+    assert evidence_received(shares, groups, evidence) == pytest.approx(((0.05 + 0.2) / 0.5 + 1.0) / 2)
+    assert evidence_received(shares[1:, 1:], groups[1:], evidence) == pytest.approx(0.75)  # no system token
+    assert evidence_received(shares, groups, torch.tensor([True, False])) is None  # fewer vision tokens than that
 
 
 def test_analyze_redundancy_sweeps_every_mixing_layer(tmp_path, embedded, capsys):

@@ -9,11 +9,12 @@ from test_model import ANSWERS, LLM, VISION, packed_batch
 from test_train_cli import tiny_config
 
 from timeviper.cli import main
-from timeviper.data.packing import collate, frames_within
+from timeviper.data.packing import collate
 from timeviper.data.records import Sample
 from timeviper.errors import ConfigError
 from timeviper.evidence import EvidenceAttention, evidence_loss, evidence_tokens
 from timeviper.model import TimeViper, TimeViperConfig
+from timeviper.sampling import frames_within
 from timeviper.synth.pretrain_vision import ALL_BACKGROUNDS, NO_OBJECT, frame_labels
 from timeviper.synth.tasks import LETTERS, make_item
 from timeviper.synth.world import OBJECTS

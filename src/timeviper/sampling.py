@@ -54,3 +54,11 @@ def kept_samples(count: int, max_frames: int | None, sampling: str) -> np.ndarra
     if sampling == "first":
         return np.arange(max_frames)
     return np.floor(np.linspace(0, count - 1, max_frames) + 0.5)
+
+
+def frames_within(times: torch.Tensor, intervals) -> torch.Tensor:
+    """Bool [F]: which frames (at `times` [F] seconds) fall in any [start, end) of `intervals`."""
+    inside = torch.zeros(len(times), dtype=torch.bool)
+    for start, end in intervals:
+        inside |= (times >= start) & (times < end)
+    return inside

@@ -121,9 +121,10 @@ def run_redundancy(args, out: Path) -> None:
 
 
 def run_attention(args, out: Path) -> None:
-    from timeviper.analysis.attention import attention_maps, plot_maps, plot_received, summarize
+    from timeviper.analysis.attention import attention_maps, evidence_received, plot_maps, plot_received, summarize
     from timeviper.analysis.sequence import GROUPS
     from timeviper.data.synth_source import sample_video, task_prompt
+    from timeviper.sampling import frames_within
 
     if args.tasks not in TASKS:
         raise ConfigError(f"analyze attention takes one task of {', '.join(TASKS)}, got {args.tasks!r}")
@@ -135,17 +136,26 @@ def run_attention(args, out: Path) -> None:
     answer, groups, maps = attention_maps(model, video.frames, video.timestamps, task_prompt(item),
                                           MAX_NEW_TOKENS[args.tasks], drops)
     summary = {layer: summarize(*m) for layer, m in maps.items()}
+    evidence = frames_within(video.timestamps, item.get("evidence", ())).repeat_interleave(
+        model.config.tokens_per_frame)  # bool [V]
+    share = round(float(evidence.float().mean()), 4) if evidence.any() else None
+    if share is not None:
+        for layer, (m, g) in maps.items():
+            summary[layer]["evidence"] = evidence_received(m, g, evidence)
     data = {"settings": settings_of(args, task=args.tasks, drop=args.drop), "item": item, "answer": answer,
-            "tokens": {name: int((groups == g).sum()) for g, name in enumerate(GROUPS)},
+            "tokens": {name: int((groups == g).sum()) for g, name in enumerate(GROUPS)}, "evidence_share": share,
             "layers": [{"layer": l, "kind": kinds[l], **s} for l, s in summary.items()]}
     write_atomic(out / "attention.json", json.dumps(data, indent=1) + "\n")
     plot_maps(maps, kinds, out / "attention_maps.png")
-    plot_received(summary, kinds, out / "attention_received.png")
+    plot_received(summary, kinds, out / "attention_received.png", share)
     truth = {"mcq": lambda: item["answer"], "tvg": lambda: f"{item['start']:g} - {item['end']:g} seconds",
              "caption": lambda: item["caption"]}[args.tasks]()
     print(f"answer: {answer!r} (truth: {truth!r})")
+    if share is not None:
+        print(f"evidence: {share:.3f} of the video's tokens")
     for l, s in summary.items():
-        print(f"  layer {l:>2} ({kinds[l]}): sink {s['sink']:.3f}, received {s['received']}")
+        on = "" if s.get("evidence") is None else f", on evidence {s['evidence']:.3f}"
+        print(f"  layer {l:>2} ({kinds[l]}): sink {s['sink']:.3f}, received {s['received']}{on}")
 
 
 def run_analysis(args) -> None:

@@ -50,17 +50,10 @@ from torch.utils.data import DataLoader
 from timeviper.data.mixture import Mixture
 from timeviper.data.records import IGNORE_INDEX, ConversationDataset, Sample, SkipStats
 from timeviper.errors import CheckpointError
+from timeviper.sampling import frames_within
 
 PAD_ID = 0
 LOAD_BATCH = 16  # samples a loader process hands over at once: the main process pays per hand-over, not per sample
-
-
-def frames_within(times: torch.Tensor, intervals) -> torch.Tensor:
-    """Bool [F]: which frames (at `times` [F] seconds) fall in any [start, end) of `intervals`."""
-    inside = torch.zeros(len(times), dtype=torch.bool)
-    for start, end in intervals:
-        inside |= (times >= start) & (times < end)
-    return inside
 
 
 def collate(samples: Sequence[Sample], pad_to_multiple_of: int = 1) -> dict:
