@@ -133,7 +133,8 @@ def test_analyze_blocking_and_attention_write_data_and_figures(tmp_path, capsys)
     data = json.loads((tmp_path / "attention.json").read_text())
     for layer in data["layers"]:
         assert sum(layer["received"].values()) == pytest.approx(1.0, abs=1e-3)
-    assert data["tokens"]["vision"] == 4 * 16
+        assert 0 <= layer["evidence"] <= 1  # every layer mixes the whole video
+    assert data["tokens"]["vision"] == 4 * 16 and 0 < data["evidence_share"] < 1
     assert (tmp_path / "attention_maps.png").is_file() and (tmp_path / "attention_received.png").is_file()
     code = main(["analyze", "attention", "--out", str(tmp_path / "td"), "--frames", "4", "--device", "cpu",
                  "--drop", "td_2_0.5"])
@@ -142,9 +143,8 @@ def test_analyze_blocking_and_attention_write_data_and_figures(tmp_path, capsys)
     assert data["settings"]["drop"] == "td_2_0.5" and data["tokens"]["vision"] == 4 * 16
     for layer in data["layers"]:
         assert sum(layer["received"].values()) == pytest.approx(1.0, abs=1e-3)
-    if data["evidence_share"] is not None:  # no evidence share past the drop: which tokens are left is not kept
-        assert [layer["evidence"] is None for layer in data["layers"]] == [layer["layer"] >= 2
-                                                                         for layer in data["layers"]]
+    # no evidence share past the drop: which tokens are left is not kept
+    assert [layer["evidence"] is None for layer in data["layers"]] == [layer["layer"] >= 2 for layer in data["layers"]]
 
 
 def test_evidence_received_is_the_readers_share_of_the_video_on_the_evidence():

@@ -1,13 +1,15 @@
 """Evidence attention: the synthetic items' evidence, its frames in a packed batch, the loss, and training with it."""
 
+import copy
 import json
 import re
 
 import pytest
 import torch
-from test_model import ANSWERS, LLM, VISION, packed_batch
+from test_model import ANSWERS, LLM, VISION, packed_batch, tokenizer  # noqa: F401 (a fixture)
 from test_train_cli import tiny_config
 
+import timeviper.model
 from timeviper.cli import main
 from timeviper.data.packing import collate
 from timeviper.data.records import Sample
@@ -18,7 +20,7 @@ from timeviper.sampling import frames_within
 from timeviper.synth.pretrain_vision import ALL_BACKGROUNDS, NO_OBJECT, frame_labels
 from timeviper.synth.tasks import LETTERS, make_item
 from timeviper.synth.world import OBJECTS
-from timeviper.transv import Span, attention_logits
+from timeviper.transv import Span, attention_logits, uniform_drop
 
 OBJECT_KINDS = ("present", "count", "background", "motion", "needle")
 
@@ -116,61 +118,63 @@ def test_the_loss_is_the_log_share_of_attention_each_sample_puts_on_its_evidence
         assert evidence_loss(block, h, None, spans, torch.zeros_like(flags)) == 0
 
 
-def test_forward_train_adds_the_weighted_loss_and_a_step_on_it_raises_the_share(model, tokenizer):
+def test_forward_train_adds_the_weighted_term_on_the_tokens_the_drop_left(model, tokenizer, monkeypatch):
+    """The term at layer 3 reads the evidence flags of the tokens that layer 2's uniform drop left, and is added
+    times its weight; a gradient step on it alone raises the share."""
+    model = copy.deepcopy(model).train()
     batch = evidence_batch(tokenizer)
-    model.train()
     with torch.no_grad():
         plain, count = model.forward_train(batch, "sample")
+    seen = []
+
+    def spy(block, h, positions, spans, evidence):
+        seen.append((evidence, evidence_loss(block, h, positions, spans, evidence)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(timeviper.model, "evidence_loss", spy)
     model.evidence_attention = EvidenceAttention((3,), 0.5)
-    try:
-        total, same = model.forward_train(batch, "sample")
-        added = model.extra_losses["evidence_loss"]
-        assert same == count and added > 0
-        torch.testing.assert_close(total.detach(), plain + added)
-        model.zero_grad()
-        (total - plain).backward()  # the evidence term alone reaches the layer and everything before it
-        assert model.llm.layers[3].mixer.q_proj.weight.grad.abs().sum() > 0
-        assert model.projector.mlp[0].weight.grad.abs().sum() > 0
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.grad is not None:
-                    p -= 0.05 * p.grad
-            model.forward_train(batch, "sample")
-        assert model.extra_losses["evidence_loss"] < added
-    finally:
-        model.evidence_attention, model.extra_losses = None, {}
-        model.zero_grad()
-        model.eval()
+    total, same = model.forward_train(batch, "sample")
+    (flags_there, term), = seen
+    flags = evidence_tokens(batch, 4, batch["input_ids"].shape[1], "cpu")
+    kept = torch.ones_like(flags)
+    for start, end in batch["vision_spans"].tolist():
+        kept[start:end] = ~uniform_drop(0, end - start, 0.5)
+    assert torch.equal(flags_there, flags[kept]) and term > 0 and same == count
+    torch.testing.assert_close(total.detach(), plain + 0.5 * term.detach())
+    assert float(model.extra_losses["evidence_loss"]) == pytest.approx(0.5 * float(term))
+    (total - plain).backward()  # the evidence term alone reaches the layer and everything before it
+    assert model.llm.layers[3].mixer.q_proj.weight.grad.abs().sum() > 0
+    assert model.projector.mlp[0].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 0.05 * p.grad
+        model.forward_train(batch, "sample")
+    assert seen[-1][1] < term
 
 
-def test_training_with_evidence_attention_logs_it(tmp_path):
+def test_training_with_evidence_attention_logs_it(tmp_path, capsys):
     config, out = tiny_config(tmp_path / "tiny.yaml"), tmp_path / "run"
     args = ["train", "--config", str(config), "--output", str(out), "--max-steps", "2",
             "--set", "train.evidence_weight=0.2"]
     assert main(args + ["--set", "train.evidence_layers=[1]", "--output", str(tmp_path / "bad")]) == 1  # an MLP layer
+    assert "evidence attention needs attention layers; [1] are not" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "metrics.jsonl").exists()
     assert main(args + ["--set", "train.evidence_layers=[2]"]) == 0
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(0 < m["evidence_loss"] < m["loss"] for m in metrics)
 
 
-def test_bad_evidence_settings(tmp_path):
+def test_bad_evidence_settings(tmp_path, capsys):
     config = tiny_config(tmp_path / "tiny.yaml")
     run = ["train", "--config", str(config), "--output", str(tmp_path / "run")]
-    assert main(run + ["--set", "train.evidence_weight=0.1"]) == 1  # no layer named
+    assert main(run + ["--set", "train.evidence_weight=0.1"]) == 1
+    assert "evidence_layers: must name at least one attention layer" in capsys.readouterr().err
     assert main(run + ["--set", "train.evidence_weight=-1", "--set", "train.evidence_layers=[2]"]) == 1
+    assert "evidence_weight: must be >= 0" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="attention layers"):
         EvidenceAttention((0, 9), 1.0).check(LLM)
     assert not (tmp_path / "run").exists()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from timeviper.prompts import TextTokenizer
-    from timeviper.synth.tokenizer import train_tokenizer
-
-    return TextTokenizer(train_tokenizer(vocab_size=1024), "timeviper")
-
 
 
 def test_several_processes_are_refused(tmp_path, monkeypatch):

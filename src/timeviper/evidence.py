@@ -1,7 +1,7 @@
 """Evidence attention: teaching attention-guided TransV what to keep (a training signal, not in the paper).
 
 Attention-guided TransV keeps the vision tokens that the last instruction token attends to most under its
-layer's own attention (mean over heads of the softmax over the sample's vision tokens; transv.attention_scores).
+layer's own attention (mean over heads of the softmax over the sample's vision tokens; transv.selection_scores).
 Nothing in next-token training says which tokens those should be. Where the data know which frames show what the
 answer names (the synthetic world's `evidence` intervals, or a record's), training can add, for each such sample
 and each chosen attention layer,
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from timeviper.errors import ConfigError
 from timeviper.llm.config import LMConfig
-from timeviper.transv import Span, attention_logits, attention_scores, token_indices
+from timeviper.transv import Span, selection_scores, token_indices
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,7 @@ def evidence_loss(block: nn.Module, h: Tensor, positions: Tensor | None, spans: 
     on = evidence[vision]  # [V]
     if not on.any():
         return h.new_zeros((), dtype=torch.float32)
-    last = torch.tensor([sp.instruction_end - 1 for sp in spans], device=h.device)  # [S]
-    at = (lambda index: None) if positions is None else (lambda index: positions[:, index])
-    logits = attention_logits(block.mixer, block.norm, h[:, last], at(last), h[:, vision], at(vision))  # [H, S, V]
-    own = logits[:, sample, torch.arange(len(vision), device=h.device)]  # [H, V] under its own sample's query
-    scores = attention_scores(own, sample)  # [V], summing to 1 over each sample's vision tokens
+    scores = selection_scores(block, h, positions, spans, vision, sample)  # [V], summing to 1 within a sample
     mass = scores.new_zeros(len(spans)).index_add(0, sample[on], scores[on])  # [S]
     taught = torch.zeros(len(spans), dtype=torch.bool, device=h.device)
     taught[sample[on]] = True

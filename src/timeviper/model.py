@@ -212,14 +212,14 @@ class TimeViper(nn.Module):
             h = h.index_put((torch.zeros_like(rows), rows), vision.to(h.dtype))
         positions = batch["position_ids"].to(self.device) if self.config.llm.needs_positions else None
         spans = spans_of(batch)
-        evidence, watch = self._evidence_watch(batch, ids.shape[1])
+        evidence_losses, watch = self._evidence_watch(batch, ids.shape[1])
         out, index = run_packed(self.llm, self.transv_layers, h, positions, spans, self.drawn_shares(len(spans)),
                                 watch)
         labels = batch["labels"].to(self.device)[0, index]
         learn = labels != -100
         _, logits = self.llm.head(out[:, learn])
         loss = F.cross_entropy(logits[0], labels[learn], reduction="none")  # [n] per loss token
-        added = self.evidence_attention.weight * sum(evidence) if evidence else loss.new_zeros(())
+        added = self.evidence_attention.weight * sum(evidence_losses) if evidence_losses else loss.new_zeros(())
         self.extra_losses = {"evidence_loss": added.detach()} if self.evidence_attention else {}
         if average == "token":
             return loss.sum() + added, learn.sum()

@@ -58,7 +58,7 @@ def kept_samples(count: int, max_frames: int | None, sampling: str) -> np.ndarra
 
 def frames_within(times: torch.Tensor, intervals) -> torch.Tensor:
     """Bool [F]: which frames (at `times` [F] seconds) fall in any [start, end) of `intervals`."""
-    inside = torch.zeros(len(times), dtype=torch.bool)
+    inside = torch.zeros_like(times, dtype=torch.bool)
     for start, end in intervals:
         inside |= (times >= start) & (times < end)
     return inside

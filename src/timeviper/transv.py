@@ -223,15 +223,22 @@ def select_packed(spec: TransVSpec, block: nn.Module, h: Tensor, positions: Tens
                          ).to(h.device)
     if not len(vision):
         return torch.zeros(0, dtype=torch.bool, device=h.device)
+    with torch.no_grad(), unsharded(block):  # selection is not differentiable
+        return attention_drop(selection_scores(block, h, positions, spans, vision, sample), spec.p, sample)
+
+
+def selection_scores(block: nn.Module, h: Tensor, positions: Tensor | None, spans: list[Span], vision: Tensor,
+                     sample: Tensor) -> Tensor:
+    """[V]: what attention-guided selection at `block` ranks the vision tokens `vision` [V] (of samples `sample`
+    [V]) by: each sample's last instruction token's softmax over its own vision tokens, mean over heads."""
     last = torch.tensor([sp.instruction_end - 1 for sp in spans], device=h.device)  # [S]
 
     def at(index: Tensor) -> Tensor | None:
         return None if positions is None else positions[:, index]
 
-    with torch.no_grad(), unsharded(block):  # selection is not differentiable
-        logits = attention_logits(block.mixer, block.norm, h[:, last], at(last), h[:, vision], at(vision))
-        own = logits[:, sample, torch.arange(len(vision), device=h.device)]  # [H, V] under its own query
-        return attention_drop(attention_scores(own, sample), spec.p, sample)
+    logits = attention_logits(block.mixer, block.norm, h[:, last], at(last), h[:, vision], at(vision))  # [H, S, V]
+    own = logits[:, sample, torch.arange(len(vision), device=h.device)]  # [H, V] under its own sample's query
+    return attention_scores(own, sample)
 
 
 def apply_packed(module: TransV, block: nn.Module, h: Tensor, positions: Tensor | None, spans: list[Span],

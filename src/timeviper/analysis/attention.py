@@ -35,8 +35,9 @@ def summarize(layer_shares: Tensor, groups: Tensor) -> dict:
 
 def evidence_received(layer_shares: Tensor, groups: Tensor, evidence: Tensor) -> float | None:
     """The share of the video's part of the attention of the text after the video that lands on the evidence tokens
-    (bool [V] over the video's tokens), averaged over those readers; None for a layer that mixes fewer vision tokens
-    than the video has (after a drop: which ones are left is not kept)."""
+    (bool [V] over the video's tokens), averaged over all those readers (evidence attention, in training, teaches
+    the last instruction token alone); None for a layer that mixes fewer vision tokens than the video has (after a
+    drop: which ones are left is not kept)."""
     vision = groups == VISION  # [T]
     if int(vision.sum()) != len(evidence):
         return None

@@ -139,9 +139,8 @@ def run_attention(args, out: Path) -> None:
     evidence = frames_within(video.timestamps, item.get("evidence", ())).repeat_interleave(
         model.config.tokens_per_frame)  # bool [V]
     share = round(float(evidence.float().mean()), 4) if evidence.any() else None
-    if share is not None:
-        for layer, (m, g) in maps.items():
-            summary[layer]["evidence"] = evidence_received(m, g, evidence)
+    for layer, (m, g) in maps.items():
+        summary[layer]["evidence"] = None if share is None else evidence_received(m, g, evidence)
     data = {"settings": settings_of(args, task=args.tasks, drop=args.drop), "item": item, "answer": answer,
             "tokens": {name: int((groups == g).sum()) for g, name in enumerate(GROUPS)}, "evidence_share": share,
             "layers": [{"layer": l, "kind": kinds[l], **s} for l, s in summary.items()]}

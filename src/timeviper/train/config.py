@@ -91,7 +91,8 @@ class TrainConfig:
     seed: int = 0
     loss_average: str = "token"  # token: every loss token weighs the same; sample: every sample does
     # evidence attention (timeviper.evidence): at these attention layers, weight * -log(the last instruction
-    # token's attention on the frames that hold the answer) is added to each sample's loss; 0: off
+    # token's attention on the frames that hold the answer) is added per sample to the summed loss, so the weight
+    # is relative to a whole sample's loss under loss_average "sample", to one answer token's under "token"; 0: off
     evidence_layers: list[int] = field(default_factory=list)
     evidence_weight: float = 0.0
 
