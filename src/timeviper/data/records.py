@@ -190,9 +190,9 @@ def parse_record(obj: object, root: Path, default_id: str) -> Record:
         clip = (float(start), float(end))
 
     evidence = obj.get("evidence", [])
-    intervals = evidence if isinstance(evidence, list) else [None]
-    if not all(isinstance(pair, list) and len(pair) == 2 and _seconds(*pair) for pair in intervals) or (
-            evidence and media_keys != ["video"]):
+    intervals = isinstance(evidence, list) and all(isinstance(pair, list) and len(pair) == 2 and _seconds(*pair)
+                                                   for pair in evidence)
+    if not intervals or (evidence and media_keys != ["video"]):
         raise MalformedRecord("bad_fields", f"bad evidence {evidence!r} (needs a video, [[start, end], ...] with "
                                             "0 <= start < end)")
     record_id = obj.get("id", default_id)
