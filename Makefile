@@ -31,10 +31,9 @@ demo: install
 # (scripts/grow_lm.py, identity at the start) and trained three times more on the same mix (data seeds 33-35, the
 # new blocks at 3 times the rate; the third stops at step 971 of its 1,050, where the shipped model's time budget
 # ended it),
-# and blended half and half with the model it grew from (scripts/blend_lm.py); then three phases of that mix with
-# the instruction also before the video (model.instruction_before_video; data seeds 36-38, the first 950 steps at
-# 3e-4, the others 1,000 at 2e-4): a bf16 model directory in runs/embedded-model, with logn attention past 1,024
-# tokens, as shipped (the frame-time phases train with it, as the shipped model's did).
+# and blended half and half with the model it grew from (scripts/blend_lm.py): a bf16 model directory in
+# runs/embedded-model, with logn attention past 1,024 tokens, as shipped (the frame-time phases train with it, as
+# the shipped model's did).
 GROUNDING_MIX = --set "data.datasets=$$(cat configs/embedded-grounding.yaml)"
 LONG_MCQ_MIX = --set "data.datasets=$$(cat configs/embedded-grounding.yaml configs/embedded-long-mcq.yaml)"
 TIME_PHASE = --set model.tiny=null \
@@ -42,8 +41,6 @@ TIME_PHASE = --set model.tiny=null \
 	--set optim.warmup_ratio=0.02 --set 'optim.lr_by_prefix={"projector.time": 1.0e-2}'
 GROWN_PHASE = $(TIME_PHASE) $(LONG_MCQ_MIX) --set model.transv=null --set 'optim.lr_by_prefix={"projector.time": \
 	1.0e-2, "llm.layers.9": 6.0e-4, "llm.layers.10": 6.0e-4, "llm.layers.11": 6.0e-4}'
-ASKED_PHASE = $(TIME_PHASE) $(LONG_MCQ_MIX) --set model.transv=null --set model.instruction_before_video=true \
-	--set train.max_steps=1000
 embedded: install
 	$(PY) -m timeviper.synth.pretrain_vision --config configs/embedded.yaml --out runs/embedded-vision --workers 12
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-motion \
@@ -88,18 +85,8 @@ embedded: install
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-grown-3 $(GROWN_PHASE) \
 		--set model.pretrained=runs/embedded-grown-2-model --set train.seed=35 --max-steps 971
 	$(VENV)/bin/timeviper export runs/embedded-grown-3 --out runs/embedded-grown-3-model --dtype bfloat16
-	$(PY) scripts/blend_lm.py runs/embedded-blend-model --model runs/embedded-grown-3-model \
+	$(PY) scripts/blend_lm.py runs/embedded-model --model runs/embedded-grown-3-model \
 		--base runs/embedded-long-2-model --insert 9:M*- --alpha 0.5 --dtype bfloat16
-	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-asked-1 $(ASKED_PHASE) \
-		--set model.pretrained=runs/embedded-blend-model --set train.seed=36 --set train.max_steps=950 \
-		--set optim.lr=3.0e-4 --set optim.transv_lr=3.0e-4
-	$(VENV)/bin/timeviper export runs/embedded-asked-1 --out runs/embedded-asked-1-model --dtype bfloat16
-	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-asked-2 $(ASKED_PHASE) \
-		--set model.pretrained=runs/embedded-asked-1-model --set train.seed=37
-	$(VENV)/bin/timeviper export runs/embedded-asked-2 --out runs/embedded-asked-2-model --dtype bfloat16
-	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-asked-3 $(ASKED_PHASE) \
-		--set model.pretrained=runs/embedded-asked-2-model --set train.seed=38
-	$(VENV)/bin/timeviper export runs/embedded-asked-3 --out runs/embedded-model --dtype bfloat16
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
