@@ -59,6 +59,4 @@ def evidence_loss(block: nn.Module, h: Tensor, positions: Tensor | None, spans: 
         return h.new_zeros((), dtype=torch.float32)
     scores = selection_scores(block, h, positions, spans, vision, sample)  # [V], summing to 1 within a sample
     mass = scores.new_zeros(len(spans)).index_add(0, sample[on], scores[on])  # [S]
-    taught = torch.zeros(len(spans), dtype=torch.bool, device=h.device)
-    taught[sample[on]] = True
-    return -mass[taught].clamp_min(1e-6).log().sum()
+    return -mass[sample[on].unique()].clamp_min(1e-6).log().sum()  # over the samples with evidence
