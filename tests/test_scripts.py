@@ -45,7 +45,9 @@ def test_fresh_lm_keeps_the_vision_front_and_renews_the_rest(tmp_path):
     (["embedded-motion-only"], "synth_motion_only", 1, 1),
     (["embedded-grounding"], "synth_tvg_short", 4, 8),  # the mix's: 1
     (["embedded-grounding", "embedded-long-mcq"], "synth_motion_long", 2, 10),  # files concatenated
-    (["embedded-short-shares"], "synth_tvg_short", 2, 7)])
+    (["embedded-short-shares"], "synth_tvg_short", 2, 7),
+    (["embedded-binding-only"], "synth_motion_bound_only", 3, 1),
+    (["embedded-grounding", "embedded-long-mcq", "embedded-binding-only"], "synth_motion_bound_only", 3, 11)])
 def test_a_phase_mix_loads_in_place_of_the_mix(phases, name, weight, count):  # as EMBEDDED_DATA, make embedded
     text = "".join((ROOT / "configs" / f"{phase}.yaml").read_text() for phase in phases)
     config = load_config(ROOT / "configs" / "embedded.yaml",
