@@ -37,13 +37,12 @@ demo: install
 # with those questions added (data seed 51): a bf16 model directory in runs/embedded-model, with logn attention past
 # 1,024 tokens, as shipped (the frame-time phases train with it, as the shipped model's did).
 GROUNDING_MIX = --set "data.datasets=$$(cat configs/embedded-grounding.yaml)"
-LONG_MCQ_MIX = --set "data.datasets=$$(cat configs/embedded-grounding.yaml configs/embedded-long-mcq.yaml)"
+LONG_MCQ_FILES = configs/embedded-grounding.yaml configs/embedded-long-mcq.yaml
+LONG_MCQ_MIX = --set "data.datasets=$$(cat $(LONG_MCQ_FILES))"
+BINDING_MIX = --set "data.datasets=$$(cat $(LONG_MCQ_FILES) configs/embedded-binding-only.yaml)"
 TIME_PHASE = --set model.tiny=null \
 	--set train.max_steps=1050 --set optim.lr=2.0e-4 --set optim.transv_lr=2.0e-4 --set optim.min_lr_ratio=0.1 \
 	--set optim.warmup_ratio=0.02 --set 'optim.lr_by_prefix={"projector.time": 1.0e-2}'
-BINDING_MIX = --set "data.datasets=$$(cat configs/embedded-grounding.yaml configs/embedded-long-mcq.yaml \
-	configs/embedded-binding-only.yaml)"
-BINDING_PHASE = --set model.tiny=null --set model.transv=null --set optim.min_lr_ratio=0.1 --set optim.warmup_ratio=0.02
 GROWN_PHASE = $(TIME_PHASE) $(LONG_MCQ_MIX) --set model.transv=null --set 'optim.lr_by_prefix={"projector.time": \
 	1.0e-2, "llm.layers.9": 6.0e-4, "llm.layers.10": 6.0e-4, "llm.layers.11": 6.0e-4}'
 embedded: install
@@ -92,10 +91,10 @@ embedded: install
 	$(VENV)/bin/timeviper export runs/embedded-grown-3 --out runs/embedded-grown-3-model --dtype bfloat16
 	$(PY) scripts/blend_lm.py runs/embedded-blend-model --model runs/embedded-grown-3-model \
 		--base runs/embedded-long-2-model --insert 9:M*- --alpha 0.5 --dtype bfloat16
-	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-binding $(BINDING_PHASE) \
+	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-binding --set model.tiny=null \
+		--set model.pretrained=runs/embedded-blend-model --set model.transv=null --set train.seed=50 \
 		--set "data.datasets=$$(cat configs/embedded-binding-only.yaml)" --set train.max_steps=900 --max-steps 810 \
-		--set optim.lr=5.0e-4 --set optim.transv_lr=5.0e-4 --set model.pretrained=runs/embedded-blend-model \
-		--set train.seed=50
+		--set optim.lr=5.0e-4 --set optim.transv_lr=5.0e-4 --set optim.min_lr_ratio=0.1 --set optim.warmup_ratio=0.02
 	$(VENV)/bin/timeviper export runs/embedded-binding --out runs/embedded-binding-model --dtype bfloat16
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-rebind $(TIME_PHASE) \
 		$(BINDING_MIX) --set model.transv=null --set train.max_steps=880 \
