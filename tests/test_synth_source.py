@@ -12,7 +12,8 @@ from timeviper.data.synth_source import answer_text, conversation, sample_frames
 from timeviper.errors import ConfigError
 from timeviper.eval.metrics import caption_scene_f1, parse_option_letter, parse_time_span
 from timeviper.prompts import TextTokenizer, encode_conversation, encode_prompt
-from timeviper.synth import make_item, make_video, render_frames, write_mp4
+from timeviper.sampling import kept_samples
+from timeviper.synth import make_item, make_video, parse_caption, render_frames, write_mp4
 from timeviper.synth.tokenizer import train_tokenizer
 from timeviper.train.config import SynthConfig, config_from_dict
 from timeviper.video import load_video
@@ -141,7 +142,7 @@ def test_same_kind_asks_every_question_of_a_sample_in_that_kind(tokenizer):
     mixed = dataset(tokenizer, "mcq", kind="motion", questions=3, frames=(64, 128))
     motion = dataset(tokenizer, "mcq", kind="motion", questions=3, frames=(64, 128), same_kind=True)
     for index in range(6):
-        (video, items), (_, others) = motion.items(index), mixed.items(index)
+        (_, items), (_, others) = motion.items(index), mixed.items(index)
         assert items[0] == others[0] and len(items) == 3
         assert [i["kind"] for i in items] == ["motion"] * 3
         assert len({i["question"] for i in items}) == 3
@@ -185,6 +186,29 @@ def test_captions_take_one_question():
         SynthConfig("mcq", (0, 10), 8, questions=0)
 
 
+def test_a_shot_sample_captions_one_scene_read_as_captions_by_shot_read_it(tokenizer):
+    ds = dataset(tokenizer, "caption", frames=(12, 160), shot_frames=8)
+    lengths = set()
+    for index in range(8):
+        video, scene, item = ds.shot(index)
+        s = ds[index]
+        assert parse_caption(item["caption"]) == [(scene.background, tuple((a.obj, a.motion) for a in scene.actors))]
+        assert s.id == item["id"] and s.id.startswith(f"caption-{video.seed}-") and scene in video.scenes
+        seconds = scene.start + kept_samples(scene.end - scene.start, 8, "uniform")  # what EncodedVideo.clip reads
+        assert torch.equal(s.frames, sample_video(video).frames[seconds])
+        assert s.frame_times.tolist() == (seconds - scene.start).tolist()
+        lengths.add(scene.end - scene.start > 8)
+        assert same(s, ds[index])
+    assert lengths == {True, False}  # scenes longer than 8 s read 8 frames of theirs, shorter ones every frame
+
+
+def test_shot_frames_are_for_captions():
+    with pytest.raises(ConfigError, match="shot_frames: is for captions only"):
+        SynthConfig("mcq", (0, 10), 8, shot_frames=16)
+    with pytest.raises(ConfigError, match="shot_frames"):
+        SynthConfig("caption", (0, 10), 8, shot_frames=0)
+
+
 def config(*datasets, **data):
     return {
         "model": {"tiny": {}},
@@ -198,6 +222,8 @@ def test_synth_entries_build_the_training_stream():
                                   {"synth": {"task": "caption", "seeds": [0, 50], "frames": [4, 20], "size": 16},
                                    "weight": 2}))
     assert [d.name for d in cfg.data.datasets] == ["synth_mcq", "synth_caption"]
+    shots = config_from_dict(config({"synth": {"task": "caption", "seeds": [0, 5], "frames": 8, "shot_frames": 4}}))
+    assert shots.data.datasets[0].name == "synth_caption_shots"
     stream = build_train_data(cfg, tokenize=fake_tokenize, tokens_per_frame=TOKENS_PER_FRAME)
     batch = next(stream)
     assert batch["sample_ids"] and all(f.shape[1:] == (16, 16, 3) and len(f) <= 8 for f in batch["frames"])

@@ -8,11 +8,13 @@ is a :class:`SynthDataset` whose index ``i`` is the seed ``seeds[0] + i`` (train
 sample is the conversation inference would see (the task prompt of :func:`task_prompt` after the
 ``<video>`` placeholder) answered in the form the inference parsers read back (:func:`answer_text`),
 with the video's frames drawn at ``fps`` and spread uniformly over at most ``max_frames``, as
-:func:`timeviper.video.load_video` would decode them from the video's MP4.
+:func:`timeviper.video.load_video` would decode them from the video's MP4. A caption entry with ``shot_frames``
+captions one scene of each video instead, read as :func:`timeviper.captioning.caption_by_shots` reads a shot.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,12 +24,15 @@ from timeviper.data.records import Sample, Skipped, Tokenize, encode_turns, make
 from timeviper.errors import ConfigError
 from timeviper.prompts import CAPTION_PROMPT, VIDEO_PLACEHOLDER, grounding_prompt, mcq_prompt
 from timeviper.synth import VideoSpec, iter_items, make_item, render_frames
-from timeviper.synth.tasks import LETTERS
+from timeviper.synth.tasks import LETTERS, caption_text
 from timeviper.synth.world import FPS
-from timeviper.sampling import Video, sample_times
+from timeviper.sampling import Video, kept_samples, sample_times
 
 if TYPE_CHECKING:
+    from timeviper.synth.world import Scene
     from timeviper.train.config import SynthConfig
+
+SHOT_STREAM = 7  # the random stream (after the seed) that picks a shot sample's scene
 
 
 def task_prompt(item: dict) -> str:
@@ -76,8 +81,12 @@ def sample_video(spec: VideoSpec, max_frames: int | None = None, sampling: str =
     """The Video load_video(mp4 of spec, fps, max_frames, sampling) returns (frames uint8 [T, size, size, 3] and
     their timestamps), rendered in memory: no file, so its path is ""."""
     times = sample_times(spec.duration, fps, max_frames, sampling)
-    frames = np.concatenate([render_frames(spec, t, t + 1, size) for t in (times * FPS + 1e-6).astype(int).tolist()])
-    return Video(torch.from_numpy(frames), torch.from_numpy(times), spec.duration, "")
+    return Video(torch.from_numpy(render_at(spec, times, size)), torch.from_numpy(times), spec.duration, "")
+
+
+def render_at(spec: VideoSpec, times: np.ndarray, size: int | None = None) -> np.ndarray:
+    """uint8 [T, size, size, 3]: the frames of spec on screen at `times` (seconds)."""
+    return np.concatenate([render_frames(spec, t, t + 1, size) for t in (times * FPS + 1e-6).astype(int).tolist()])
 
 
 def sample_frames(spec: VideoSpec, max_frames: int | None = None, sampling: str = "uniform", fps: float = 1.0,
@@ -134,7 +143,18 @@ class SynthDataset:
                 items.append(item)
         return video, items
 
+    def shot(self, index: int) -> tuple[VideoSpec, Scene, dict]:
+        """``dataset[index]``'s video, the scene a shot sample captions (drawn from the seed's own stream) and its
+        caption item."""
+        video, item = self.item(index)
+        k = int(np.random.Generator(np.random.PCG64([video.seed, SHOT_STREAM])).integers(len(video.scenes)))
+        scene = video.scenes[k]
+        return video, scene, {**item, "id": f"{item['id']}-scene{k + 1}",
+                              "caption": caption_text(replace(video, scenes=(scene,)))}
+
     def __getitem__(self, index: int) -> Sample | Skipped:
+        if self.spec.shot_frames is not None:
+            return self._shot_sample(index)
         video, items = self.items(index)
         where = f"{self.name}#{index}"
         text = encode_turns(self.tokenize, conversation(*items, mcq_answer=self.spec.mcq_answer), where)
@@ -143,3 +163,17 @@ class SynthDataset:
         clip = sample_video(video, self.max_frames, "uniform", self.fps)
         return make_sample(items[0]["id"], text, clip.frames, self.tokens_per_frame, self.max_tokens, where,
                            clip.timestamps, tuple(map(tuple, items[0].get("evidence", ()))))
+
+    def _shot_sample(self, index: int) -> Sample | Skipped:
+        """One scene as its own video: at most shot_frames of its frames (1 fps), spread evenly with the first and
+        last kept, timed from the scene's start (timeviper.clips.EncodedVideo.clip)."""
+        video, scene, item = self.shot(index)
+        where = f"{self.name}#{index}"
+        text = encode_turns(self.tokenize, conversation(item), where)
+        if isinstance(text, Skipped):
+            return text
+        read = min(self.spec.shot_frames, self.max_frames)
+        seconds = kept_samples((scene.end - scene.start) * FPS, read, "uniform").astype(float) / FPS  # [f]
+        frames = render_at(video, scene.start + seconds, video.size)
+        return make_sample(item["id"], text, torch.from_numpy(frames), self.tokens_per_frame, self.max_tokens, where,
+                           torch.from_numpy(seconds))

@@ -163,6 +163,8 @@ class SynthConfig:
     questions: int = 1  # mcq, tvg: up to this many different questions on each video, as turns of one sample
     same_kind: bool = False  # mcq with kind: every question of a sample asks that kind, not only the first
     mcq_answer: str = "letter"  # mcq: answer "B", or "option": "blue circle (B)", the option named before its letter
+    shot_frames: int | None = None  # caption: caption one scene of each video, read from at most this many of its
+    # frames as `caption --shots` reads a shot (timeviper.captioning), not the whole video
 
     def __post_init__(self):
         _require(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
@@ -191,6 +193,9 @@ class SynthConfig:
             "questions",
             f"must be an integer >= 1, and 1 for captions (a video has one caption); got {self.questions!r}",
         )
+        _require(self.shot_frames is None or (self.task == "caption" and isinstance(self.shot_frames, int)
+                                              and not isinstance(self.shot_frames, bool) and self.shot_frames >= 1),
+                 "shot_frames", f"is for captions only, an integer >= 1; got {self.shot_frames!r} for {self.task}")
         _require(self.mcq_answer == "letter" or (self.task == "mcq" and self.mcq_answer == "option"), "mcq_answer",
                  f"must be 'letter' or 'option' ('option' for mcq only), got {self.mcq_answer!r} for {self.task}")
 
@@ -220,7 +225,8 @@ class DatasetConfig:
             self.root = str(Path(self.root).absolute())
         _require(self.weight > 0, "weight", "must be > 0")
         if self.name is None and self.synth is not None:
-            self.name = "_".join(filter(None, ("synth", self.synth.task, self.synth.kind)))
+            shots = "shots" if self.synth.shot_frames is not None else None
+            self.name = "_".join(filter(None, ("synth", self.synth.task, self.synth.kind, shots)))
         elif self.name is None:
             self.name = Path(self.path).stem
 
