@@ -91,7 +91,7 @@ def test_caption_shots_on_the_command_line(capsys, model_dir, video):  # noqa: F
     result = json.loads(out)
     assert code == 0 and result.keys() == {"caption", "frames", "seconds", "shots", "cuts"}
     assert result["frames"] == 12 and result["shots"][0]["start"] == 0 and result["shots"][-1]["end"] == 12
-    assert result["cuts"] == {"cut_share": 0.2, "pixel_delta": 24, "min_frames": 1, "max_frames": 16}
+    assert result["cuts"] == {"cut_share": 0.2, "pixel_delta": 24, "min_frames": 1, "max_frames": 32}
     code, _, err = run(capsys, "caption", video, "--shots", "--max-frames", 4, "--model", model_dir)
     assert code == 1 and "drop --max-frames" in err
     code, _, err = run(capsys, "caption", video, "--shots", "--cut-share", 2, "--model", model_dir)

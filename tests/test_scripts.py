@@ -47,7 +47,11 @@ def test_fresh_lm_keeps_the_vision_front_and_renews_the_rest(tmp_path):
     (["embedded-grounding", "embedded-long-mcq"], "synth_motion_long", 2, 10),  # files concatenated
     (["embedded-short-shares"], "synth_tvg_short", 2, 7),
     (["embedded-binding-only"], "synth_motion_bound_only", 3, 1),
-    (["embedded-grounding", "embedded-long-mcq", "embedded-binding-only"], "synth_motion_bound_only", 3, 11)])
+    (["embedded-grounding", "embedded-long-mcq", "embedded-binding-only"], "synth_motion_bound_only", 3, 11),
+    (["embedded-grounding", "embedded-long-mcq", "embedded-binding-only", "embedded-shots"], "synth_caption_shots", 3,
+     12),
+    (["embedded-grounding", "embedded-long-mcq", "embedded-binding-only", "embedded-captions"], "synth_caption_more",
+     3, 13)])
 def test_a_phase_mix_loads_in_place_of_the_mix(phases, name, weight, count):  # as EMBEDDED_DATA, make embedded
     text = "".join((ROOT / "configs" / f"{phase}.yaml").read_text() for phase in phases)
     config = load_config(ROOT / "configs" / "embedded.yaml",

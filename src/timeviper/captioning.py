@@ -7,8 +7,8 @@ describes well:
 
 1. every frame is encoded once (timeviper.clips), and the video is cut into shots as its frames stream by;
 2. each shot is captioned as a video of its own (its frames re-timed from its start; at most `config.max_frames` of
-   them, 16 by default, spread evenly: the embedded model describes a long scene better from fewer frames, chosen on
-   validation videos of 256 and 2,000 s), `batch` shots decoded together;
+   them, 32 by default, spread evenly: the embedded model was trained on scenes read so, `synth.shot_frames`),
+   `batch` shots decoded together;
 3. the captions are joined: in the synthetic world's grammar ("Scene 1: a teal background with ..."), their scenes
    are numbered afresh and a scene split across two shots (same background, one after the other) becomes one, with
    the actors of both; any other text is joined shot by shot after its time span ("[0-12 s] ...").

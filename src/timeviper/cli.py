@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --shots: no shot has fewer frames; nearer cuts are dropped (default 1)")
     p.add_argument("--shot-frames", type=frames_or_all, default="default", metavar="N|all",
                    help="with --shots: frames of a shot read at most, spread evenly (default: timeviper.shots."
-                        "ShotConfig's, 16)")
+                        "ShotConfig's, 32)")
     p.set_defaults(run=cmd_caption)
 
     p = sub.add_parser("demo", help="render a sample video; answer, ground and caption it")

@@ -34,7 +34,7 @@ class ShotConfig:
     cut_share: float = 0.2  # share of pixels that must change for a cut
     pixel_delta: int = 24  # a pixel changes when a channel moves by more than this (0-255)
     min_frames: int = 1  # no shot is shorter (unless the video is): cuts this near the last or the end are dropped
-    max_frames: int | None = 16  # frames of a shot the model reads at most, spread evenly; None: all
+    max_frames: int | None = 32  # frames of a shot the model reads at most, spread evenly; None: all
 
     def __post_init__(self):
         if isinstance(self.cut_share, bool) or not isinstance(self.cut_share, (int, float)) \
