@@ -153,27 +153,26 @@ class SynthDataset:
                               "caption": caption_text(replace(video, scenes=(scene,)))}
 
     def __getitem__(self, index: int) -> Sample | Skipped:
-        if self.spec.shot_frames is not None:
-            return self._shot_sample(index)
-        video, items = self.items(index)
+        if self.spec.shot_frames is None:
+            (video, items), scene = self.items(index), None
+        else:
+            video, scene, item = self.shot(index)
+            items = [item]
         where = f"{self.name}#{index}"
         text = encode_turns(self.tokenize, conversation(*items, mcq_answer=self.spec.mcq_answer), where)
         if isinstance(text, Skipped):
             return text
-        clip = sample_video(video, self.max_frames, "uniform", self.fps)
-        return make_sample(items[0]["id"], text, clip.frames, self.tokens_per_frame, self.max_tokens, where,
-                           clip.timestamps, tuple(map(tuple, items[0].get("evidence", ()))))
+        frames, times = self._frames(video, scene)
+        return make_sample(items[0]["id"], text, frames, self.tokens_per_frame, self.max_tokens, where, times,
+                           tuple(map(tuple, items[0].get("evidence", ()))))
 
-    def _shot_sample(self, index: int) -> Sample | Skipped:
-        """One scene as its own video: at most shot_frames of its frames (1 fps), spread evenly with the first and
-        last kept, timed from the scene's start (timeviper.clips.EncodedVideo.clip)."""
-        video, scene, item = self.shot(index)
-        where = f"{self.name}#{index}"
-        text = encode_turns(self.tokenize, conversation(item), where)
-        if isinstance(text, Skipped):
-            return text
+    def _frames(self, video: VideoSpec, scene: Scene | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 [f, H, W, 3] and their times [f] (seconds): the video's, at `fps` over at most max_frames; or, for a
+        shot sample, one scene as its own video: at most shot_frames of its frames (1 fps), spread evenly with the
+        first and last kept, timed from the scene's start (as timeviper.clips.EncodedVideo.clip reads a shot)."""
+        if scene is None:
+            clip = sample_video(video, self.max_frames, "uniform", self.fps)
+            return clip.frames, clip.timestamps
         read = min(self.spec.shot_frames, self.max_frames)
         seconds = kept_samples((scene.end - scene.start) * FPS, read, "uniform").astype(float) / FPS  # [f]
-        frames = render_at(video, scene.start + seconds, video.size)
-        return make_sample(item["id"], text, torch.from_numpy(frames), self.tokens_per_frame, self.max_tokens, where,
-                           torch.from_numpy(seconds))
+        return torch.from_numpy(render_at(video, scene.start + seconds)), torch.from_numpy(seconds)
