@@ -48,14 +48,15 @@ def test_grounding_on_16_s_clips(embedded):  # a random span scores ~0.1; the mo
     assert scores(embedded, "tvg", 16, 20)["miou"] >= 0.6
 
 
-def test_captions_of_32_s_clips(embedded):  # the model card: scene-F1 0.63, event-F1 0.90 on 100 clips
+def test_captions_of_32_s_clips(embedded):  # the model card: scene-F1 0.65, event-F1 0.91 on 100 clips
     result = scores(embedded, "caption", 32, 8)
     assert result["event_f1"] >= 0.6 and result["scene_f1"] >= 0.3
 
 
-def test_captions_of_32_s_clips_shot_by_shot(embedded):
-    """The model card: scene-F1 0.95 shot by shot on 100 test clips of 32 s; on these 8, 0.96 (one pass: 0.63 on 100)."""
-    assert scores(embedded, "caption", 32, 8, shots=ShotConfig())["scene_f1"] >= 0.8
+def test_captions_of_128_s_videos_shot_by_shot(embedded):
+    """The model card: scene-F1 0.965 shot by shot on 100 test videos of 128 s; on these 4, 0.98 (the model before
+    it, never trained on single scenes: 0.64; one pass: 0.33 on 100)."""
+    assert scores(embedded, "caption", 128, 4, shots=ShotConfig())["scene_f1"] >= 0.85
 
 
 def test_the_cli_uses_it_by_default(tmp_path, capsys):
