@@ -117,7 +117,21 @@ def test_search_grounds_every_frame_and_an_output_keeps_one_mode(tvg_root, model
     assert all("search" in p for p in predictions)
     capsys.readouterr()
     assert evaluate(tvg_root, out, model_dir) == 1  # resuming it in single-pass mode would mix the two
-    assert "made with --search" in capsys.readouterr().err and len(read_jsonl(out / "predictions.jsonl")) == 5
+    assert "made with --search, not in one pass" in capsys.readouterr().err
+    assert len(read_jsonl(out / "predictions.jsonl")) == 5
+    assert evaluate(tvg_root, out, model_dir, "--shots") == 1 and "not with --shots" in capsys.readouterr().err
+    assert evaluate(tvg_root, out, model_dir, "--shots", "--search") == 1
+    assert "two ways to ground" in capsys.readouterr().err
+
+
+def test_shots_ground_tvg_items_shot_by_shot(tvg_root, model_dir, tmp_path):
+    assert evaluate(tvg_root, tmp_path / "out", model_dir, "--shots") == 0
+    predictions, items = read_jsonl(tmp_path / "out" / "predictions.jsonl"), load_items(tvg_root, "tvg")
+    assert [p["frames"] for p in predictions] == [round(i["duration"]) for i in items]
+    for p in predictions:  # shots tile the video; the answer, if a span, lies in the chosen one
+        assert p["shots"][0][0] == 0 and p["shots"][-1][1] == p["frames"] and 0 <= p["shot"] < len(p["shots"])
+        a, b, _ = p["shots"][p["shot"]]
+        assert p["start"] is None or a <= p["start"] <= p["end"] <= b
 
 
 def test_shots_caption_every_frame_and_flags_fit_their_task(tvg_root, model_dir, tmp_path, capsys):
@@ -131,8 +145,9 @@ def test_shots_caption_every_frame_and_flags_fit_their_task(tvg_root, model_dir,
     capsys.readouterr()
     assert main(caption) == 1 and "made with --shots" in capsys.readouterr().err
     assert main([*caption, "--search"]) == 1 and "--search is for tvg" in capsys.readouterr().err
-    assert evaluate(tvg_root, tmp_path / "tvg", model_dir, "--shots") == 1
-    assert "--shots is for caption benchmarks; synth-tvg is tvg" in capsys.readouterr().err
+    assert main(["eval", "synth-mcq", "--data-root", str(root), "--output", str(tmp_path / "mcq"), "--model",
+                 str(model_dir), "--device", "cpu", "--shots"]) == 1
+    assert "--shots is for tvg and caption benchmarks; synth-mcq is mcq" in capsys.readouterr().err
 
 
 def test_one_shard_writes_metrics_json(tmp_path, model_dir):

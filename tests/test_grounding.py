@@ -2,6 +2,7 @@
 bookkeeping on a tiny random model, and the command line."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -9,8 +10,9 @@ from test_cli import model_dir, run, video  # noqa: F401 (fixtures)
 from test_time_embedding import timed_model, tokenizer  # noqa: F401 (fixture)
 
 from timeviper.errors import ConfigError
-from timeviper.grounding import SearchConfig, consensus_span, search, support, window_starts
+from timeviper.grounding import SearchConfig, consensus_span, ground_by_shots, search, support, window_starts
 from timeviper.model import frame_chunks
+from timeviper.prompts import NO_EVENT
 
 
 def test_consensus_span_is_the_one_that_agrees_most_with_the_others():
@@ -105,6 +107,32 @@ def test_agreement_lets_windows_that_place_an_event_alike_outvote_a_surer_one(to
     assert (found.start, found.end) == best
 
 
+def test_by_shots_the_answer_comes_from_the_shot_least_likely_to_say_no_event(tokenizer):  # noqa: F811
+    model = timed_model(tokenizer)
+    frames = torch.zeros(12, 32, 32, 3, dtype=torch.uint8)
+    frames[4:8], frames[8:] = 255, 128  # three shots: 0-4, 4-8 and 8-12 s
+    no_event = tokenizer.encode(NO_EVENT)[0]
+    beliefs = iter([0.9, 0.2, 0.6])  # P(NO_EVENT's first token) of each shot in turn
+    asked, real = [], model.prefill_tokens
+
+    def prefill_tokens(vision, instruction):
+        chunks = list(vision)
+        asked.append(sum(c.shape[1] for c in chunks) // 4)  # frames read (4 tokens a frame)
+        cache, logits = real(chunks, instruction)
+        p = next(beliefs)
+        logits = torch.full_like(logits, math.log((1 - p) / (logits.shape[-1] - 1)))
+        logits[0, no_event] = math.log(p)
+        return cache, logits
+
+    model.prefill_tokens = prefill_tokens
+    model.decode = lambda prefilled, *args, **kwargs: ["1.0 - 9.0 seconds"]  # past the shot's end: clipped to it
+    found = ground_by_shots(model, frames, "the red circle moves left")
+    assert asked == [4, 4, 4] and found.frames == 12 and found.shot == 1
+    assert [(s.start, s.end) for s in found.shots] == [(0, 4), (4, 8), (8, 12)]
+    assert [s.happens for s in found.shots] == pytest.approx([0.1, 0.8, 0.4], abs=1e-5)
+    assert (found.start, found.end) == (5.0, 8.0) and found.raw == "1.0 - 9.0 seconds"
+
+
 def test_the_cli_searches(capsys, model_dir, video):  # noqa: F811
     code, out, _ = run(capsys, "ground", video, "the red circle moves left", "--model", model_dir, "--device", "cpu",
                        "--search", "--window", 6, "--stride", 3, "--samples", 2, "--max-new-tokens", 6, "--json",
@@ -115,8 +143,17 @@ def test_the_cli_searches(capsys, model_dir, video):  # noqa: F811
     assert {"start", "end", "best", "seconds"} <= result.keys()
 
 
+def test_the_cli_grounds_shot_by_shot(capsys, model_dir, video):  # noqa: F811
+    code, out, _ = run(capsys, "ground", video, "the red circle moves left", "--model", model_dir, "--device", "cpu",
+                       "--shots", "--shot-frames", 4, "--max-new-tokens", 6, "--json", "--quiet")
+    result = json.loads(out)
+    assert code == 0 and result["frames"] == 12 and result["cuts"]["max_frames"] == 4
+    assert result["shots"][0]["start"] == 0 and result["shots"][-1]["end"] == 12 and 0 <= result["shot"] < len(result["shots"])
+
+
 @pytest.mark.parametrize("argv, message", [(["--max-frames", "4"], "drop --max-frames"),
-                                           (["--samples", "1"], "samples must be")])
+                                           (["--samples", "1"], "samples must be"),
+                                           (["--shots"], "two ways to ground")])
 def test_cli_search_errors_name_the_setting(capsys, model_dir, video, argv, message):  # noqa: F811
     code, out, err = run(capsys, "ground", video, "x", "--model", model_dir, "--device", "cpu", "--search", *argv,
                          "--quiet")

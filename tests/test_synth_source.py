@@ -11,7 +11,7 @@ from timeviper.data import IGNORE_INDEX, VISION_SLOT_ID, Sample, Skipped, SynthD
 from timeviper.data.synth_source import answer_text, conversation, sample_frames, sample_video, task_prompt
 from timeviper.errors import ConfigError
 from timeviper.eval.metrics import caption_scene_f1, parse_option_letter, parse_time_span
-from timeviper.prompts import TextTokenizer, encode_conversation, encode_prompt
+from timeviper.prompts import NO_EVENT, TextTokenizer, encode_conversation, encode_prompt
 from timeviper.sampling import kept_samples
 from timeviper.synth import make_item, make_video, parse_caption, render_frames, write_mp4
 from timeviper.synth.tokenizer import train_tokenizer
@@ -202,8 +202,25 @@ def test_a_shot_sample_captions_one_scene_read_as_captions_by_shot_read_it(token
     assert lengths == {True, False}  # scenes longer than 8 s read 8 frames of theirs, shorter ones every frame
 
 
-def test_shot_frames_are_for_captions():
-    with pytest.raises(ConfigError, match="shot_frames: is for captions only"):
+def test_a_grounding_shot_sample_asks_about_its_scene_or_another(tokenizer):
+    ds = dataset(tokenizer, "tvg", frames=(40, 160), shot_frames=8, seeds=(100, 140))
+    asked = []
+    for index in range(40):
+        video, scene, item = ds.shot(index)
+        events = {f"the {a.obj} moves {a.motion} on the {s.background} background": (s, a) for s, a in video.events()}
+        where, actor = events[item["query"]]
+        text = tokenizer.decode(ds[index].input_ids.tolist())
+        if item["start"] is None:  # an event of another scene: it does not happen in this one
+            assert where is not scene and text.rstrip().endswith(NO_EVENT) and not item["evidence"]
+        else:  # an event of this scene, timed from its start as the shot reader times the shot's frames
+            assert where is scene and (item["start"], item["end"]) == (actor.start - scene.start, actor.end - scene.start)
+            assert f"{item['start']:.1f} - {item['end']:.1f} seconds" in text
+        asked.append(item["start"] is None)
+    assert 10 < sum(asked) < 30  # about half the shots are asked about another scene's event
+
+
+def test_shot_frames_are_for_captions_and_grounding():
+    with pytest.raises(ConfigError, match="shot_frames: is for captions and grounding only"):
         SynthConfig("mcq", (0, 10), 8, shot_frames=16)
     with pytest.raises(ConfigError, match="shot_frames"):
         SynthConfig("caption", (0, 10), 8, shot_frames=0)

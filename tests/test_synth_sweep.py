@@ -229,6 +229,23 @@ def test_tvg_search_grounds_by_search_and_is_recorded(model_dir, tmp_path, monke
     assert sweep(model_dir, out, *args) == 1  # single-pass grounding into a file of searched: refused
 
 
+def test_tvg_shots_ground_shot_by_shot_and_are_recorded(model_dir, tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from timeviper import grounding
+    from timeviper.shots import ShotConfig
+
+    grounded, real = [], grounding.ground_by_shots
+    monkeypatch.setattr(grounding, "ground_by_shots", lambda *a, **k: grounded.append(a[2]) or real(*a, **k))
+    out, args = tmp_path / "sweep.json", ("--tasks", "tvg,caption", "--frames", "8", "--items", "2", "--transv", "none")
+    assert sweep(model_dir, out, *args, "--tvg-shots") == 0
+    results = json.loads(out.read_text())
+    assert results["settings"]["tvg_shots"] == asdict(ShotConfig())
+    assert grounded == [make_item("tvg", seed, 8, 32)[1]["query"] for seed in (FIRST_TEST_SEED, FIRST_TEST_SEED + 1)]
+    assert sweep(model_dir, out, *args) == 1  # single-pass grounding into a file of shot by shot: refused
+    assert sweep(model_dir, tmp_path / "both.json", *args, "--tvg-shots", "--tvg-search") == 1
+
+
 def test_caption_shots_caption_shot_by_shot_and_are_recorded(model_dir, tmp_path, monkeypatch):  # noqa: F811
     from dataclasses import asdict
 

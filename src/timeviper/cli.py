@@ -99,8 +99,14 @@ def cmd_ground(args) -> None:
     from timeviper.eval.metrics import parse_time_span
     from timeviper.prompts import grounding_prompt
 
+    if args.search and args.shots:
+        from timeviper.errors import ConfigError
+
+        raise ConfigError("ground: --search and --shots are two ways to ground: pick one")
     if args.search:
         return ground_by_search(args)
+    if args.shots:
+        return ground_shot_by_shot(args)
     text, frames, seconds = answer(args, grounding_prompt(args.query))
     span = parse_time_span(text)
     result = {"start": span and span[0], "end": span and span[1], "raw": text, "frames": frames,
@@ -151,6 +157,32 @@ def ground_by_search(args) -> None:
          f"{found.start:.1f} - {found.end:.1f} seconds" if found.best else "(no window's answers held a time span)")
 
 
+def shot_config(args):
+    """The timeviper.shots.ShotConfig of --cut-share, --min-shot-frames and --shot-frames."""
+    from timeviper.shots import ShotConfig
+
+    thinning = {} if args.shot_frames == "default" else {"max_frames": args.shot_frames}
+    return ShotConfig(args.cut_share, min_frames=args.min_shot_frames, **thinning)
+
+
+def ground_shot_by_shot(args) -> None:
+    """`ground --shots`: timeviper.grounding.ground_by_shots, with a bar for the frames and one for the shots."""
+    from dataclasses import asdict
+
+    from timeviper.grounding import ground_by_shots
+
+    config = shot_config(args)
+    with whole_video(args, "ground --shots", "shots are runs of frames", "shot") as (model, on_frames, on_shot):
+        start = time.perf_counter()
+        found = ground_by_shots(model, args.video, args.query, config, args.fps, args.chunk_frames,
+                                args.max_new_tokens, on_frames, on_shot)
+    result = {"start": found.start, "end": found.end, "raw": found.raw, "frames": found.frames,
+              "seconds": round(time.perf_counter() - start, 3), "shot": found.shot,
+              "shots": [asdict(shot) for shot in found.shots], "cuts": asdict(config)}
+    emit(args, result, f"{found.start:.1f} - {found.end:.1f} seconds" if found.start is not None
+         else f"(no time span in the answer of shot {found.shot + 1}: {found.raw!r})")
+
+
 def cmd_caption(args) -> None:
     from timeviper.prompts import CAPTION_PROMPT
 
@@ -165,10 +197,8 @@ def caption_shot_by_shot(args) -> None:
     from dataclasses import asdict
 
     from timeviper.captioning import caption_by_shots
-    from timeviper.shots import ShotConfig
 
-    thinning = {} if args.shot_frames == "default" else {"max_frames": args.shot_frames}
-    config = ShotConfig(args.cut_share, min_frames=args.min_shot_frames, **thinning)
+    config = shot_config(args)
     reading = whole_video(args, "caption --shots", "shots are runs of frames", "shot")
     with reading as (model, on_frames, on_shot):
         start = time.perf_counter()
@@ -269,6 +299,17 @@ def video_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def shot_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--shots", action="store_true", help=what)
+    p.add_argument("--cut-share", type=float, default=0.2,
+                   help="with --shots: share of pixels that must change between two frames for a cut (default 0.2)")
+    p.add_argument("--min-shot-frames", type=int, default=1,
+                   help="with --shots: no shot has fewer frames; nearer cuts are dropped (default 1)")
+    p.add_argument("--shot-frames", type=frames_or_all, default="default", metavar="N|all",
+                   help="with --shots: frames of a shot read at most, spread evenly (default: timeviper.shots."
+                        "ShotConfig's, 32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timeviper", description="Long-video understanding with a hybrid "
                                      "Mamba-Transformer vision-language model.")
@@ -296,20 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agreement-weight", type=float, default=0.0,
                    help="with --search: weight of a window's agreement with the other windows' spans (default 0; "
                         "on long videos --scales 2 --agreement-weight 8)")
+    shot_args(p, "cut the video at its shots, ask each as a video of its own, and answer from the shot the model "
+                 "most believes holds the event (timeviper.grounding.ground_by_shots; needs a model trained to say "
+                 "an event does not happen)")
     p.set_defaults(run=cmd_ground)
 
     p = sub.add_parser("caption", help="describe a video in detail")
     video_args(p)
-    p.add_argument("--shots", action="store_true",
-                   help="cut the video at its shots, caption each as a video of its own and join the captions "
-                        "(timeviper.captioning; better on videos of several scenes)")
-    p.add_argument("--cut-share", type=float, default=0.2,
-                   help="with --shots: share of pixels that must change between two frames for a cut (default 0.2)")
-    p.add_argument("--min-shot-frames", type=int, default=1,
-                   help="with --shots: no shot has fewer frames; nearer cuts are dropped (default 1)")
-    p.add_argument("--shot-frames", type=frames_or_all, default="default", metavar="N|all",
-                   help="with --shots: frames of a shot read at most, spread evenly (default: timeviper.shots."
-                        "ShotConfig's, 32)")
+    shot_args(p, "cut the video at its shots, caption each as a video of its own and join the captions "
+                 "(timeviper.captioning; better on videos of several scenes)")
     p.set_defaults(run=cmd_caption)
 
     p = sub.add_parser("demo", help="render a sample video; answer, ground and caption it")
@@ -369,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", action="store_true",
                    help="ground by timeviper.grounding.search (default settings; every frame at 1 fps)")
     p.add_argument("--shots", action="store_true",
-                   help="caption shot by shot (timeviper.captioning; default settings; every frame at 1 fps)")
+                   help="ground or caption shot by shot (timeviper.grounding.ground_by_shots, timeviper.captioning; "
+                        "default settings; every frame at 1 fps)")
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("analyze",

@@ -23,6 +23,15 @@ pick the window whose sharp answer lies where the whole video points.
 
 The frames are encoded once, and each window re-times its frames' vision tokens (add_frame_times); a pass costs
 one prefill of its frames and one batched decode of `samples` answers.
+
+`ground_by_shots` asks shot by shot instead, as timeviper.captioning captions: the video is cut at its shots
+(timeviper.shots), each shot is asked about the event as a video of its own, and the answer comes from the shot in
+which the model most believes the event happens: the one where its first answer token is least likely to begin
+NO_EVENT ("It does not happen in the video."). It needs a model trained to say so (`synth.shot_frames` on
+grounding data); one never asked about an absent event finds an event in every shot.
+
+    found = ground_by_shots(model, "video.mp4", "the red circle moves left")
+    found.start, found.end  # seconds; found.shots: each shot's span and its belief that the event happens there
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ import torch
 from timeviper.clips import encode
 from timeviper.errors import ConfigError
 from timeviper.eval.metrics import parse_time_span, temporal_iou
-from timeviper.prompts import grounding_prompt
+from timeviper.prompts import NO_EVENT, grounding_prompt
+from timeviper.shots import ShotConfig, ShotCuts
 from timeviper.synth.world import check_int
 
 TimeSpan = tuple[float, float]
@@ -177,3 +187,51 @@ def search(model, video, query: str, config: SearchConfig = SearchConfig(), fps:
         candidates.append(Candidate(*span, window=start, consensus=consensus, support=agree, score=score,
                                     length=window, agreement=agreement))
     return Grounding(max(candidates, key=lambda c: c.score, default=None), candidates, prior, len(times), *lengths[0])
+
+
+@dataclass(frozen=True)
+class ShotBelief:
+    start: float  # seconds of the video the shot covers
+    end: float
+    happens: float  # the model's probability that its answer about the shot does not begin NO_EVENT
+
+
+@dataclass(frozen=True)
+class ShotGrounding:
+    start: float | None  # seconds of the video; None if the chosen shot's answer held no time span
+    end: float | None
+    shot: int  # index of the chosen shot in `shots`
+    shots: list[ShotBelief]  # in order
+    raw: str  # the chosen shot's answer, its times counted from the shot's start
+    frames: int  # frames read
+
+
+def ground_by_shots(model, video, query: str, config: ShotConfig = ShotConfig(), fps: float = 1.0,
+                    chunk_frames: int = 256, max_new_tokens: int = 24,
+                    on_frames: Callable[[int], None] | None = None,
+                    on_shot: Callable[[int, int], None] | None = None) -> ShotGrounding:
+    """When `query` happens in `video` (a path, a decoded timeviper.sampling.Video, or uint8 frames [T, H, W, 3] taken
+    as sampled at `fps`), asked shot by shot (see the module's docstring). `on_frames(n)` is told of frames encoded,
+    `on_shot(i, total)` of shots asked."""
+    cuts = ShotCuts(config)
+    encoded = encode(model, video, fps, chunk_frames, on_frames, on_chunk=lambda chunk: cuts.update(chunk.frames))
+    spans, times = cuts.shots(), encoded.times.tolist()  # [(a, b)] frame ranges; [F] seconds
+    no_event = model.tokenizer.encode(NO_EVENT)[0]  # the first token of that answer
+    instruction = grounding_prompt(query)
+    shots, chosen = [], None  # chosen: (happens, index, prefilled) of the likeliest shot so far
+    for i, (a, b) in enumerate(spans):
+        prefilled = model.prefill_tokens(encoded.clip(model, a, b, times[a], chunk_frames, config.max_frames),
+                                         instruction)  # (cache, logits [1, V])
+        happens = 1.0 - prefilled[1].float().softmax(-1)[0, no_event].item()
+        shots.append(ShotBelief(times[a], times[b - 1] + 1 / fps, happens))
+        if chosen is None or happens > chosen[0]:
+            chosen = (happens, i, prefilled)
+        if on_shot is not None:
+            on_shot(i + 1, len(spans))
+    _, index, prefilled = chosen
+    shot = shots[index]
+    raw = model.decode([prefilled], max_new_tokens)[0]
+    span = parse_time_span(raw)  # seconds of the shot, clipped to it
+    start, end = (None, None) if span is None else (
+        shot.start + min(max(span[0], 0.0), shot.end - shot.start), shot.start + min(span[1], shot.end - shot.start))
+    return ShotGrounding(start, end, index, shots, raw, len(times))

@@ -151,3 +151,4 @@ def grounding_prompt(query: str) -> str:
 
 
 CAPTION_PROMPT = "Describe the video in detail, scene by scene."
+NO_EVENT = "It does not happen in the video."  # the answer to a grounding question about an event not shown

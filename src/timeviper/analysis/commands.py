@@ -110,7 +110,8 @@ def run_redundancy(args, out: Path) -> None:
     model, kinds = load(args)
     cells = specs(kinds, rates, parse_list(args.strategies, "--strategies"))
     cell_args = argparse.Namespace(items=args.items, seed_offset=args.seed_offset, size=FRAME_SIZE, split=args.split,
-                                   frames=args.frames, max_frames=None, tvg_search=False, caption_shots=False)
+                                   frames=args.frames, max_frames=None, tvg_search=False, tvg_shots=False,
+                                   caption_shots=False)
     results = {}
     with tqdm(total=len(tasks) * args.items * (1 + len(cells)), unit="answer", file=sys.stderr) as bar:
         for task in tasks:

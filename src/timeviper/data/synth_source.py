@@ -9,7 +9,9 @@ sample is the conversation inference would see (the task prompt of :func:`task_p
 ``<video>`` placeholder) answered in the form the inference parsers read back (:func:`answer_text`),
 with the video's frames drawn at ``fps`` and spread uniformly over at most ``max_frames``, as
 :func:`timeviper.video.load_video` would decode them from the video's MP4. A caption entry with ``shot_frames``
-captions one scene of each video instead, read as :func:`timeviper.captioning.caption_by_shots` reads a shot.
+captions one scene of each video instead, read as :func:`timeviper.captioning.caption_by_shots` reads a shot; a
+grounding entry with ``shot_frames`` asks about an event in that scene or in another (answered NO_EVENT), as
+:func:`timeviper.grounding.ground_by_shots` asks each shot.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import torch
 
 from timeviper.data.records import Sample, Skipped, Tokenize, encode_turns, make_sample
 from timeviper.errors import ConfigError
-from timeviper.prompts import CAPTION_PROMPT, VIDEO_PLACEHOLDER, grounding_prompt, mcq_prompt
+from timeviper.prompts import CAPTION_PROMPT, NO_EVENT, VIDEO_PLACEHOLDER, grounding_prompt, mcq_prompt
 from timeviper.synth import VideoSpec, iter_items, make_item, render_frames
-from timeviper.synth.tasks import LETTERS, caption_text
+from timeviper.synth.tasks import LETTERS, caption_text, shot_tvg
 from timeviper.synth.world import FPS
 from timeviper.sampling import Video, kept_samples, sample_times
 
@@ -54,7 +56,7 @@ def answer_text(item: dict, mcq_answer: str = "letter") -> str:
     if task == "mcq":
         return item["answer"] if mcq_answer == "letter" else f"{_chosen(item)} ({item['answer']})"
     if task == "tvg":
-        return f"{item['start']:.1f} - {item['end']:.1f} seconds"
+        return NO_EVENT if item["start"] is None else f"{item['start']:.1f} - {item['end']:.1f} seconds"
     return item["caption"]
 
 
@@ -144,13 +146,15 @@ class SynthDataset:
         return video, items
 
     def shot(self, index: int) -> tuple[VideoSpec, Scene, dict]:
-        """``dataset[index]``'s video, the scene a shot sample captions (drawn from the seed's own stream) and its
-        caption item."""
+        """``dataset[index]``'s video, the scene a shot sample reads (drawn from the seed's own stream) and its item:
+        the scene's caption, or a grounding question on it (timeviper.synth.tasks.shot_tvg)."""
         video, item = self.item(index)
-        k = int(np.random.Generator(np.random.PCG64([video.seed, SHOT_STREAM])).integers(len(video.scenes)))
-        scene = video.scenes[k]
-        return video, scene, {**item, "id": f"{item['id']}-scene{k + 1}",
-                              "caption": caption_text(replace(video, scenes=(scene,)))}
+        rng = np.random.Generator(np.random.PCG64([video.seed, SHOT_STREAM]))
+        k = int(rng.integers(len(video.scenes)))
+        scene, item = video.scenes[k], {**item, "id": f"{item['id']}-scene{k + 1}"}
+        if self.spec.task == "tvg":
+            return video, scene, {**item, **shot_tvg(video, scene, rng)}
+        return video, scene, {**item, "caption": caption_text(replace(video, scenes=(scene,)))}
 
     def __getitem__(self, index: int) -> Sample | Skipped:
         if self.spec.shot_frames is None:

@@ -14,9 +14,9 @@ whose video has none are left out).
 Shard I of N takes items I, I + N, ...; its predictions go to OUTPUT/predictions.I-of-N.jsonl (just
 predictions.jsonl when N is 1), one line per item (id, answer | start, end | caption, the raw text,
 frames read, seconds), appended as they come, so a rerun skips the items already there. `--search` grounds tvg
-items by timeviper.grounding.search, `--shots` captions caption items shot by shot (timeviper.captioning), both over
-every frame (--max-frames aside); their records add `search` or `shots`, and an output holds predictions of one
-mode only. A run prints
+items by timeviper.grounding.search, `--shots` grounds tvg items (timeviper.grounding.ground_by_shots) or captions
+caption items (timeviper.captioning) shot by shot, all over every frame (--max-frames aside); their records add
+`search` or `shots`, and an output holds predictions of one mode only. A run prints
 its shard's metrics (timeviper.eval.metrics.score) and writes them to metrics.I-of-N.json; once the
 shards together cover every item, metrics.json holds the metrics of all (for N = 1, at once).
 """
@@ -39,7 +39,8 @@ from timeviper.shots import ShotConfig
 BENCHMARKS = {"synth-mcq": "mcq", "synth-tvg": "tvg", "synth-caption": "caption", "synth-needle": "mcq"}
 FIELDS = {"mcq": ("question", "options", "answer"), "tvg": ("query", "start", "end"), "caption": ("caption",)}
 MAX_NEW_TOKENS = {"mcq": 12, "tvg": 24, "caption": 512}
-WHOLE_VIDEO_MODES = {"tvg": "search", "caption": "shots"}  # task -> its mode over every frame: flag and record key
+WHOLE_VIDEO_MODES = {"search": ("tvg",), "shots": ("tvg", "caption")}  # modes over every frame (flag and record
+# key) -> the tasks they are for
 
 
 def parse_answer(task: str, text: str) -> dict:
@@ -59,7 +60,9 @@ def predict(model, video, item: dict, max_frames: int | None = None, sampling: s
     is grounded by timeviper.grounding.search, over every frame; its record adds the best window's `search`
     scores, and `raw` is the span it found. With `shots` (a timeviper.shots.ShotConfig) a caption item is
     captioned shot by shot (timeviper.captioning), over every frame; its record adds `shots`, each shot's
-    [start, end] seconds, and `raw` is the joined caption."""
+    [start, end] seconds, and `raw` is the joined caption; a tvg item (without `search`) is grounded shot by shot
+    (timeviper.grounding.ground_by_shots), its record adds `shots` ([start, end, belief] of each shot) and `shot`
+    (the chosen one's index), and `raw` is the span it found."""
     from timeviper.model import frame_chunks
 
     frames = 0
@@ -75,6 +78,12 @@ def predict(model, video, item: dict, max_frames: int | None = None, sampling: s
         best = ground(model, video, item["query"], search, on_frames=count).best
         text = f"{best.start:.1f} - {best.end:.1f} seconds" if best else ""
         found = {"search": best and best.report()}
+    elif shots is not None and item["task"] == "tvg":
+        from timeviper.grounding import ground_by_shots
+
+        grounded = ground_by_shots(model, video, item["query"], shots, on_frames=count)
+        text = f"{grounded.start:.1f} - {grounded.end:.1f} seconds" if grounded.start is not None else grounded.raw
+        found = {"shots": [[s.start, s.end, round(s.happens, 4)] for s in grounded.shots], "shot": grounded.shot}
     elif shots is not None and item["task"] == "caption":
         from timeviper.captioning import caption_by_shots
 
@@ -149,6 +158,12 @@ def run_benchmark(args) -> None:
     if args.benchmark not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {args.benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
     task, (index, count) = BENCHMARKS[args.benchmark], parse_shard(args.shard)
+    for flag, tasks in WHOLE_VIDEO_MODES.items():
+        if getattr(args, flag) and task not in tasks:
+            raise ConfigError(f"--{flag} is for {' and '.join(tasks)} benchmarks; {args.benchmark} is {task}")
+    if args.search and args.shots:
+        raise ConfigError("--search and --shots are two ways to ground: pick one")
+    mode = next((flag for flag in WHOLE_VIDEO_MODES if getattr(args, flag)), None)  # None: one pass
     items = load_items(args.data_root, task)
     mine = items[index::count]
     out = Path(args.output or Path("runs/eval") / args.benchmark)
@@ -156,14 +171,12 @@ def run_benchmark(args) -> None:
     suffix = "" if count == 1 else f".{index}-of-{count}"
     path = out / f"predictions{suffix}.jsonl"
     done = read_predictions(path, {item["id"] for item in mine})
-    for wanted, flag in WHOLE_VIDEO_MODES.items():
-        if getattr(args, flag) and task != wanted:
-            raise ConfigError(f"--{flag} is for {wanted} benchmarks; {args.benchmark} is {task}")
-    mode = WHOLE_VIDEO_MODES.get(task)
-    on = bool(mode and getattr(args, mode))
-    if mode and any((mode in r) != on for r in done.values()):
-        raise ConfigError(f"{path} holds predictions made {'without' if on else 'with'} --{mode}: "
-                          "use the same mode or another --output")
+    for record in done.values():
+        made = next((flag for flag in WHOLE_VIDEO_MODES if flag in record), None)
+        if made != mode:
+            raise ConfigError(f"{path} holds predictions made {f'with --{made}' if made else 'in one pass'}, not "
+                              f"{f'with --{mode}' if mode else 'in one pass'}: use the same mode or another --output")
+    on = mode is not None
     search = SearchConfig() if args.search else None
     shots = ShotConfig() if args.shots else None
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in done.values()))  # drop a torn last line

@@ -18,7 +18,7 @@ OUT is JSON, rewritten after each cell, so a rerun with the same OUT skips the c
 settings must match):
 
     {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"][, "split"][, "tvg_search"]
-                  [, "caption_shots"][, "instruction_before_video"]},
+                  [, "tvg_shots"][, "caption_shots"][, "instruction_before_video"]},
      "cells": [{"transv", "spec", "task", "frames", "n", "metrics", "seconds", "seconds_per_item",
                 "frames_per_item", "seeds", "responses"}, ...]}
 
@@ -86,10 +86,12 @@ def parse_grid(args) -> tuple[list[str], list[str], list[int]]:
     for flag, value, least in (("--items", args.items, 1), ("--seed-offset", args.seed_offset, 0),
                                ("--size", args.size, MIN_SIZE), ("--workers", args.workers, 1)):
         check_int(flag, value, least)
+    if args.tvg_search and args.tvg_shots:
+        raise ConfigError("--tvg-search and --tvg-shots are two ways to ground: pick one")
     if args.max_frames is not None:
         check_int("--max-frames", args.max_frames, 1)
-        if args.tvg_search or args.caption_shots:
-            flag = "--tvg-search" if args.tvg_search else "--caption-shots"
+        if args.tvg_search or args.tvg_shots or args.caption_shots:
+            flag = "--tvg-search" if args.tvg_search else "--tvg-shots" if args.tvg_shots else "--caption-shots"
             raise ConfigError(f"{flag} reads every frame (its windows and shots are seconds of video): "
                               "drop --max-frames")
     return transv, tasks, lengths
@@ -121,16 +123,17 @@ def load_sweep_model(args: argparse.Namespace, instruction_before_video: bool | 
     return model
 
 
-def predict(model, spec, item: dict, max_frames: int | None, tvg_search: bool, caption_shots: bool) -> dict:
+def predict(model, spec, item: dict, max_frames: int | None, tvg_search: bool, tvg_shots: bool,
+            caption_shots: bool) -> dict:
     """The model's prediction record for one sweep item, its frames rendered in memory."""
+    by_shots = caption_shots if item["task"] == "caption" else tvg_shots
     return runner.predict(model, sample_video(spec, max_frames, "uniform"), item,
-                          search=SearchConfig() if tvg_search else None,
-                          shots=ShotConfig() if caption_shots else None)
+                          search=SearchConfig() if tvg_search else None, shots=ShotConfig() if by_shots else None)
 
 
 def predict_options(args) -> tuple:
     """predict's arguments after the item, from the sweep's."""
-    return args.max_frames, args.tvg_search, args.caption_shots
+    return args.max_frames, args.tvg_search, args.tvg_shots, args.caption_shots
 
 
 def model_answer(model, args):
@@ -235,6 +238,8 @@ def sweep(args) -> list[dict]:
         settings["split"] = args.split
     if args.tvg_search:  # (nor do files of single-pass grounding)
         settings["tvg_search"] = asdict(SearchConfig())
+    if args.tvg_shots:
+        settings["tvg_shots"] = asdict(ShotConfig())
     if args.caption_shots:  # (nor do files of single-pass captions)
         settings["caption_shots"] = asdict(ShotConfig())
     if args.instruction_before_video != "default":  # (nor do files of the model's own prompt layout)
@@ -302,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-frames", type=int, help="frames read per video, spread uniformly (default: all)")
     parser.add_argument("--tvg-search", action="store_true",
                         help="ground tvg items by timeviper.grounding.search (its default settings), not one answer")
+    parser.add_argument("--tvg-shots", action="store_true",
+                        help="ground tvg items shot by shot (timeviper.grounding.ground_by_shots, its default settings)")
     parser.add_argument("--caption-shots", action="store_true",
                         help="caption caption items shot by shot (timeviper.captioning, its default settings)")
     parser.add_argument("--instruction-before-video", choices=("default", "on", "off"), default="default",

@@ -27,7 +27,7 @@ import numpy as np
 from timeviper.errors import ConfigError
 from timeviper.prompts import CAPTION_PROMPT
 from timeviper.synth.render import write_mp4
-from timeviper.synth.world import BACKGROUNDS, MOTIONS, OBJECTS, VideoSpec, check_int, make_video
+from timeviper.synth.world import BACKGROUNDS, MOTIONS, OBJECTS, Actor, Scene, VideoSpec, check_int, make_video
 
 TASKS = ("mcq", "tvg", "caption")
 MCQ_KINDS = ("present", "scene", "background", "order", "count", "motion", "needle")
@@ -157,18 +157,37 @@ def _mcq(spec: VideoSpec, rng, kind: str | None = None) -> dict:
             "evidence": [[float(a), float(b)] for a, b in q.evidence]}
 
 
-def _tvg(spec: VideoSpec, rng) -> dict:
-    events = spec.events()
-    moving = [(s, a) for s, a in events if a.end - a.start > 1] or events
-    scene, actor = moving[rng.integers(len(moving))]
-    query = f"the {actor.obj} moves {actor.motion} on the {scene.background} background"
+def _event(scene: Scene, actor: Actor, origin: int = 0) -> dict:
+    """A grounding item's fields for one event, its times counted from `origin` (seconds of the video)."""
+    start, end = float(actor.start - origin), float(actor.end - origin)
     return {
         "question": f"When does the {actor.obj} move {actor.motion} on the {scene.background} background?",
-        "query": query,
-        "start": float(actor.start),
-        "end": float(actor.end),
-        "evidence": [[float(actor.start), float(actor.end)]],
+        "query": f"the {actor.obj} moves {actor.motion} on the {scene.background} background",
+        "start": start,
+        "end": end,
+        "evidence": [[start, end]],
     }
+
+
+def _moving(events: list) -> list:
+    """The events whose actor is on screen for more than a second (all of them if none is)."""
+    return [e for e in events if e[-1].end - e[-1].start > 1] or events
+
+
+def _tvg(spec: VideoSpec, rng) -> dict:
+    moving = _moving(spec.events())
+    return _event(*moving[rng.integers(len(moving))])
+
+
+def shot_tvg(spec: VideoSpec, scene: Scene, rng) -> dict:
+    """A grounding item on one scene of `spec` read as a video of its own (times from the scene's start): an event of
+    the scene, or, half the time and whenever the scene has none, an event of another scene, which does not happen
+    in it (`start` and `end` None, answered NO_EVENT). A video of one scene is only asked about its own events."""
+    elsewhere = [(s, a) for s, a in spec.events() if s is not scene]
+    if elsewhere and (not scene.actors or rng.random() < 0.5):
+        return {**_event(*elsewhere[rng.integers(len(elsewhere))]), "start": None, "end": None, "evidence": []}
+    moving = _moving([(scene, a) for a in scene.actors])
+    return _event(*moving[rng.integers(len(moving))], origin=scene.start)
 
 
 def _caption(spec: VideoSpec, rng) -> dict:

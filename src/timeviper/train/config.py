@@ -163,8 +163,9 @@ class SynthConfig:
     questions: int = 1  # mcq, tvg: up to this many different questions on each video, as turns of one sample
     same_kind: bool = False  # mcq with kind: every question of a sample asks that kind, not only the first
     mcq_answer: str = "letter"  # mcq: answer "B", or "option": "blue circle (B)", the option named before its letter
-    shot_frames: int | None = None  # caption: caption one scene of each video, read from at most this many of its
-    # frames as `caption --shots` reads a shot (timeviper.captioning), not the whole video
+    shot_frames: int | None = None  # caption, tvg: ask about one scene of each video, read from at most this many of
+    # its frames as `caption --shots` and `ground --shots` read a shot, not the whole video (tvg: about an event of the
+    # scene or, half the time, of another scene, answered "It does not happen in the video.")
 
     def __post_init__(self):
         _require(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
@@ -193,9 +194,10 @@ class SynthConfig:
             "questions",
             f"must be an integer >= 1, and 1 for captions (a video has one caption); got {self.questions!r}",
         )
-        _require(self.shot_frames is None or (self.task == "caption" and isinstance(self.shot_frames, int)
+        _require(self.shot_frames is None or (self.task in ("caption", "tvg") and isinstance(self.shot_frames, int)
                                               and not isinstance(self.shot_frames, bool) and self.shot_frames >= 1),
-                 "shot_frames", f"is for captions only, an integer >= 1; got {self.shot_frames!r} for {self.task}")
+                 "shot_frames", f"is for captions and grounding only, an integer >= 1; got {self.shot_frames!r} for "
+                 f"{self.task}")
         _require(self.mcq_answer == "letter" or (self.task == "mcq" and self.mcq_answer == "option"), "mcq_answer",
                  f"must be 'letter' or 'option' ('option' for mcq only), got {self.mcq_answer!r} for {self.task}")
 
