@@ -34,15 +34,18 @@ demo: install
 # and blended half and half with the model it grew from (scripts/blend_lm.py); then 810 steps of motion questions
 # alone, most about an object that also moves another way on another background (configs/embedded-binding-only.yaml,
 # cosine 5e-4, data seed 50; it stops where the shipped model's time budget stopped it), 880 of the long-MCQ mix
-# with those questions added (data seed 51), and 880 of that mix with captions of one scene at a time added
-# (configs/embedded-shots.yaml, data seed 53): a bf16 model directory in runs/embedded-model, with logn attention past
+# with those questions added (data seed 51), 880 of that mix with captions of one scene at a time added
+# (configs/embedded-shots.yaml, data seed 53), and 820 with grounding questions on one scene at a time added as well
+# (configs/embedded-shot-grounding.yaml, data seed 54): a bf16 model directory in runs/embedded-model, with logn attention past
 # 1,024 tokens, as shipped (the frame-time phases train with it, as the shipped model's did).
 GROUNDING_MIX = --set "data.datasets=$$(cat configs/embedded-grounding.yaml)"
 LONG_MCQ_FILES = configs/embedded-grounding.yaml configs/embedded-long-mcq.yaml
 LONG_MCQ_MIX = --set "data.datasets=$$(cat $(LONG_MCQ_FILES))"
 BINDING_FILES = $(LONG_MCQ_FILES) configs/embedded-binding-only.yaml
 BINDING_MIX = --set "data.datasets=$$(cat $(BINDING_FILES))"
-SHOTS_MIX = --set "data.datasets=$$(cat $(BINDING_FILES) configs/embedded-shots.yaml)"
+SHOTS_FILES = $(BINDING_FILES) configs/embedded-shots.yaml
+SHOTS_MIX = --set "data.datasets=$$(cat $(SHOTS_FILES))"
+SHOT_GROUNDING_MIX = --set "data.datasets=$$(cat $(SHOTS_FILES) configs/embedded-shot-grounding.yaml)"
 TIME_PHASE = --set model.tiny=null \
 	--set train.max_steps=1050 --set optim.lr=2.0e-4 --set optim.transv_lr=2.0e-4 --set optim.min_lr_ratio=0.1 \
 	--set optim.warmup_ratio=0.02 --set 'optim.lr_by_prefix={"projector.time": 1.0e-2}'
@@ -106,7 +109,11 @@ embedded: install
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-shots $(TIME_PHASE) \
 		$(SHOTS_MIX) --set model.transv=null --set train.max_steps=880 \
 		--set model.pretrained=runs/embedded-rebind-model --set train.seed=53
-	$(VENV)/bin/timeviper export runs/embedded-shots --out runs/embedded-model --dtype bfloat16
+	$(VENV)/bin/timeviper export runs/embedded-shots --out runs/embedded-shots-model --dtype bfloat16
+	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-shot-grounding $(TIME_PHASE) \
+		$(SHOT_GROUNDING_MIX) --set model.transv=null --set train.max_steps=820 \
+		--set model.pretrained=runs/embedded-shots-model --set train.seed=54
+	$(VENV)/bin/timeviper export runs/embedded-shot-grounding --out runs/embedded-model --dtype bfloat16
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -68,9 +68,10 @@ def efficiency(path: Path) -> None:
 
 
 def embedded_quality(path: Path) -> None:
-    """The shipped embedded model's test scores against video length, TransV on and off; captions also shot by
-    shot."""
-    shots = json.loads((RESULTS / "embedded_caption_shots.json").read_text())["cells"]
+    """The shipped embedded model's test scores against video length, TransV on and off; grounding and captions also
+    shot by shot."""
+    shots = [c for name in ("embedded_caption_shots.json", "embedded_grounding_shots.json")
+             for c in json.loads((RESULTS / name).read_text())["cells"]]
     plot_sweep(json.loads((RESULTS / "embedded_quality.json").read_text())["cells"]
                + [dict(c, transv=f"{c['transv']}, shot by shot") for c in shots], path)
 
