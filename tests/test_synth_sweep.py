@@ -214,36 +214,26 @@ def test_validation_seeds_are_asked_and_recorded(model_dir, tmp_path, calls):
     assert sweep(model_dir, out, *args) == 1  # test seeds into a file of validation ones: refused
 
 
-def test_tvg_search_grounds_by_search_and_is_recorded(model_dir, tmp_path, monkeypatch):
-    from dataclasses import asdict
-
-    from timeviper import grounding
-
-    searched, real = [], grounding.search
-    monkeypatch.setattr(grounding, "search", lambda *a, **k: searched.append(a[2]) or real(*a, **k))
-    out, args = tmp_path / "sweep.json", ("--tasks", "tvg,mcq", "--frames", "8", "--items", "2", "--transv", "none")
-    assert sweep(model_dir, out, *args, "--tvg-search") == 0
-    results = json.loads(out.read_text())
-    assert results["settings"]["tvg_search"] == asdict(grounding.SearchConfig())
-    assert searched == [make_item("tvg", seed, 8, 32)[1]["query"] for seed in (FIRST_TEST_SEED, FIRST_TEST_SEED + 1)]
-    assert sweep(model_dir, out, *args) == 1  # single-pass grounding into a file of searched: refused
-
-
-def test_tvg_shots_ground_shot_by_shot_and_are_recorded(model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("flag, function", [("--tvg-search", "search"), ("--tvg-shots", "ground_by_shots")])
+def test_whole_video_grounding_is_used_and_recorded(model_dir, tmp_path, monkeypatch, flag, function):
     from dataclasses import asdict
 
     from timeviper import grounding
     from timeviper.shots import ShotConfig
 
-    grounded, real = [], grounding.ground_by_shots
-    monkeypatch.setattr(grounding, "ground_by_shots", lambda *a, **k: grounded.append(a[2]) or real(*a, **k))
-    out, args = tmp_path / "sweep.json", ("--tasks", "tvg,caption", "--frames", "8", "--items", "2", "--transv", "none")
-    assert sweep(model_dir, out, *args, "--tvg-shots") == 0
-    results = json.loads(out.read_text())
-    assert results["settings"]["tvg_shots"] == asdict(ShotConfig())
-    assert grounded == [make_item("tvg", seed, 8, 32)[1]["query"] for seed in (FIRST_TEST_SEED, FIRST_TEST_SEED + 1)]
-    assert sweep(model_dir, out, *args) == 1  # single-pass grounding into a file of shot by shot: refused
-    assert sweep(model_dir, tmp_path / "both.json", *args, "--tvg-shots", "--tvg-search") == 1
+    asked, real = [], getattr(grounding, function)
+    monkeypatch.setattr(grounding, function, lambda *a, **k: asked.append(a[2]) or real(*a, **k))
+    out, args = tmp_path / "sweep.json", ("--tasks", "tvg,mcq", "--frames", "8", "--items", "2", "--transv", "none")
+    assert sweep(model_dir, out, *args, flag) == 0
+    config = grounding.SearchConfig() if function == "search" else ShotConfig()
+    assert json.loads(out.read_text())["settings"][flag[2:].replace("-", "_")] == asdict(config)
+    assert asked == [make_item("tvg", seed, 8, 32)[1]["query"] for seed in (FIRST_TEST_SEED, FIRST_TEST_SEED + 1)]
+    assert sweep(model_dir, out, *args) == 1  # single-pass grounding into a file of the other mode: refused
+
+
+def test_grounding_takes_one_whole_video_mode(model_dir, tmp_path):
+    args = ("--tasks", "tvg", "--frames", "8", "--items", "1", "--tvg-shots", "--tvg-search")
+    assert sweep(model_dir, tmp_path / "both.json", *args) == 1
 
 
 def test_caption_shots_caption_shot_by_shot_and_are_recorded(model_dir, tmp_path, monkeypatch):  # noqa: F811
