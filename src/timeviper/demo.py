@@ -1,7 +1,7 @@
 """`timeviper demo`: render a synthetic test video, then show the model's answers next to the truth.
 
 One video of the test split, a couple of minutes long, asked the three tasks: a multiple-choice question about its
-needle (a scene of a few seconds), a grounding query and a caption (in one pass, and shot by shot), each with the
+needle (a scene of a few seconds), a grounding query and a caption (each in one pass, and shot by shot), each with the
 model's answer, the truth, a score and the seconds it took. Uses rich for the layout when it is installed.
 """
 
@@ -32,12 +32,21 @@ def run_demo(args) -> None:
     video = write_mp4(made["mcq"][0], out / "video.mp4")
     items = {task: item for task, (_, item) in made.items()}
     pred = {task: predict(model, str(video), item) for task, item in items.items()}
-    by_shots = predict(model, str(video), items["caption"], shots=ShotConfig())
+    by_shots = {task: predict(model, str(video), items[task], shots=ShotConfig()) for task in ("tvg", "caption")}
 
     mcq, tvg, cap = items["mcq"], items["tvg"], items["caption"]
     letter = pred["mcq"]["answer"]
-    truth_span, span = (tvg["start"], tvg["end"]), (pred["tvg"]["start"], pred["tvg"]["end"])
-    found = span[0] is not None
+    truth_span = (tvg["start"], tvg["end"])
+
+    def grounded(record: dict) -> list[tuple[str, str]]:
+        span = (record["start"], record["end"])
+        found = span[0] is not None
+        return [("model", f"{span[0]:.1f} - {span[1]:.1f} s" if found else f"(no time span in {record['raw']!r})"),
+                ("truth", f"{truth_span[0]:.1f} - {truth_span[1]:.1f} s"),
+                ("IoU", f"{temporal_iou(span if found else None, truth_span):.2f}"),
+                ("time", f"{record['seconds']:.2f} s")]
+
+    shot_a, shot_b, belief = by_shots["tvg"]["shots"][by_shots["tvg"]["shot"]]
     sections = [
         ("Multiple choice", [
             ("question", mcq["question"]),
@@ -47,13 +56,10 @@ def run_demo(args) -> None:
             ("truth", f"{mcq['answer']} ({mcq['options'][ord(mcq['answer']) - ord('A')]})"),
             ("time", f"{pred['mcq']['seconds']:.2f} s"),
         ]),
-        ("Temporal grounding", [
-            ("query", tvg["query"]),
-            ("model", f"{span[0]:.1f} - {span[1]:.1f} s" if found else f"(no time span in {pred['tvg']['raw']!r})"),
-            ("truth", f"{truth_span[0]:.1f} - {truth_span[1]:.1f} s"),
-            ("IoU", f"{temporal_iou(span if found else None, truth_span):.2f}"),
-            ("time", f"{pred['tvg']['seconds']:.2f} s"),
-        ]),
+        ("Temporal grounding", [("query", tvg["query"]), *grounded(pred["tvg"])]),
+        ("Temporal grounding, shot by shot (ground --shots)", [
+            ("shot", f"{by_shots['tvg']['shot'] + 1} of {len(by_shots['tvg']['shots'])} ({shot_a:.0f}-{shot_b:.0f} s), "
+                     f"where the model most believes it happens ({belief:.2f})"), *grounded(by_shots["tvg"])]),
         ("Caption", [
             ("model", pred["caption"]["caption"] or "(empty)"),
             ("truth", cap["caption"]),
@@ -62,11 +68,11 @@ def run_demo(args) -> None:
             ("time", f"{pred['caption']['seconds']:.2f} s"),
         ]),
         ("Caption, shot by shot (caption --shots)", [
-            ("model", by_shots["caption"] or "(empty)"),
-            ("shots", "  ".join(f"{a:.0f}-{b:.0f} s" for a, b in by_shots["shots"])),
-            ("scene F1", f"{caption_scene_f1(by_shots['caption'], cap['caption']):.2f}   event F1 "
-                         f"{caption_event_f1(by_shots['caption'], cap['caption']):.2f}"),
-            ("time", f"{by_shots['seconds']:.2f} s"),
+            ("model", by_shots["caption"]["caption"] or "(empty)"),
+            ("shots", "  ".join(f"{a:.0f}-{b:.0f} s" for a, b in by_shots["caption"]["shots"])),
+            ("scene F1", f"{caption_scene_f1(by_shots['caption']['caption'], cap['caption']):.2f}   event F1 "
+                         f"{caption_event_f1(by_shots['caption']['caption'], cap['caption']):.2f}"),
+            ("time", f"{by_shots['caption']['seconds']:.2f} s"),
         ]),
     ]
     title = (f"TimeViper demo: {video} ({FRAMES} s at 1 fps, {size}x{size} px, synthetic test seed {SEED}; "
