@@ -100,7 +100,8 @@ def test_usage_errors_exit_2(capsys, argv):
 def test_demo_shows_the_three_tasks(capsys, tmp_path, model_dir):
     code, out, _ = run(capsys, "demo", "--model", model_dir, "--out", tmp_path)
     assert code == 0 and (tmp_path / "video.mp4").is_file()
-    for part in ("Multiple choice", "Temporal grounding", "Caption", "shot by shot", "shots", "truth", "IoU", "scene F1"):
+    for part in ("Multiple choice", "Temporal grounding", "ground --shots", "Caption", "caption --shots", "shots", "truth",
+                 "IoU", "scene F1"):
         assert part in out
 
 
