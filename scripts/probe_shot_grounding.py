@@ -23,7 +23,7 @@ from timeviper.clips import encode
 from timeviper.data.synth_source import sample_video
 from timeviper.eval.metrics import parse_time_span, temporal_iou
 from timeviper.eval.synth_sweep import sweep_items
-from timeviper.grounding import consensus_span, support
+from timeviper.grounding import clipped, consensus_span, support
 from timeviper.prompts import CAPTION_PROMPT, NO_EVENT, grounding_prompt
 from timeviper.shots import ShotConfig, ShotCuts
 
@@ -56,7 +56,7 @@ def probe(model, spec, item) -> dict:
     for i, (a, b) in enumerate(cuts.shots()):
         origin, length = times[a], times[b - 1] + 1 - times[a]
         spans, p_none = sampled(a, b, origin, 1 + i, read)
-        span, consensus = consensus_span([s and (min(max(s[0], 0.0), length), min(s[1], length)) for s in spans])
+        span, consensus = consensus_span([clipped(s, length) for s in spans])
         span = span and (span[0] + origin, span[1] + origin)
         shots.append({"shot": [origin, origin + length], "span": span, "consensus": consensus,
                       "support": support(span, prior) if span else 0.0, "belief": 1 - p_none,

@@ -1,9 +1,9 @@
 """Captions shot by shot: a long video described one shot at a time, the shots' captions joined in order.
 
 Asked for a caption of a whole video in one pass, a model has to hold every scene in mind and give them back in
-order; the embedded model gets most scenes right but loses their order as videos grow (scene-F1 0.65 at 32 s, 0.24
-at 256 s; shot by shot 0.95 and 0.96). Cut at its shots (timeviper.shots), a video becomes a row of short videos of one scene each, which it
-describes well:
+order; the embedded model gets most scenes right but loses their order as videos grow (scene-F1 0.67 at 32 s, 0.24
+at 256 s; shot by shot 0.95 and 0.96). Cut at its shots (timeviper.shots), a video becomes a row of short videos of
+one scene each, which it describes well:
 
 1. every frame is encoded once (timeviper.clips), and the video is cut into shots as its frames stream by;
 2. each shot is captioned as a video of its own (its frames re-timed from its start; at most `config.max_frames` of

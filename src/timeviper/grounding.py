@@ -135,6 +135,11 @@ def consensus_span(spans: list[TimeSpan | None]) -> tuple[TimeSpan | None, float
     return best, sum(temporal_iou(best, b) for b in found) / len(spans)
 
 
+def clipped(span: TimeSpan | None, length: float) -> TimeSpan | None:
+    """A span answered about a part of `length` seconds (times from its start), clipped to the part."""
+    return span and (min(max(span[0], 0.0), length), min(span[1], length))
+
+
 def support(span: TimeSpan, prior: list[TimeSpan | None]) -> float:
     """Mean IoU of `span` with the prior's samples (one without a span counts 0)."""
     return sum(temporal_iou(span, p) for p in prior if p is not None) / len(prior)
@@ -171,8 +176,7 @@ def search(model, video, query: str, config: SearchConfig = SearchConfig(), fps:
         a, b = torch.searchsorted(times, torch.tensor([start, start + window], dtype=times.dtype)).tolist()
         if b > a:
             length = min(window, duration - start)  # spans are clipped to the window
-            spans = [s and (min(max(s[0], 0.0), length), min(s[1], length))
-                     for s in sampled_spans(a, b, start, config.seed + 1 + i)]
+            spans = [clipped(s, length) for s in sampled_spans(a, b, start, config.seed + 1 + i)]
             span, consensus = consensus_span(spans)
             if span is not None:
                 found.append(((span[0] + start, span[1] + start), start, window, consensus))
@@ -231,7 +235,6 @@ def ground_by_shots(model, video, query: str, config: ShotConfig = ShotConfig(),
     _, index, prefilled = chosen
     shot = shots[index]
     raw = model.decode([prefilled], max_new_tokens)[0]
-    span = parse_time_span(raw)  # seconds of the shot, clipped to it
-    start, end = (None, None) if span is None else (
-        shot.start + min(max(span[0], 0.0), shot.end - shot.start), shot.start + min(span[1], shot.end - shot.start))
+    span = clipped(parse_time_span(raw), shot.end - shot.start)  # seconds of the shot
+    start, end = (None, None) if span is None else (shot.start + span[0], shot.start + span[1])
     return ShotGrounding(start, end, index, shots, raw, len(times))

@@ -169,9 +169,9 @@ def _event(scene: Scene, actor: Actor, origin: int = 0) -> dict:
     }
 
 
-def _moving(events: list) -> list:
-    """The events whose actor is on screen for more than a second (all of them if none is)."""
-    return [e for e in events if e[-1].end - e[-1].start > 1] or events
+def _moving(events: list[tuple[Scene, Actor]]) -> list[tuple[Scene, Actor]]:
+    """The (scene, actor) events whose actor is on screen for more than a second (all of them if none is)."""
+    return [(s, a) for s, a in events if a.end - a.start > 1] or events
 
 
 def _tvg(spec: VideoSpec, rng) -> dict:
