@@ -1,5 +1,5 @@
 """scripts/fresh_lm.py, scripts/paired_bootstrap.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions
-and binding labels, scripts/probe_captions.py,
+and binding labels, scripts/probe_captions.py, scripts/probe_needles.py's summary,
 and the data lists that gpu_suite.sh's embedded step takes in place of a config's mix."""
 
 import json
@@ -51,7 +51,9 @@ def test_fresh_lm_keeps_the_vision_front_and_renews_the_rest(tmp_path):
     (["embedded-grounding", "embedded-long-mcq", "embedded-binding-only", "embedded-shots"], "synth_caption_shots", 3,
      12),
     (["embedded-grounding", "embedded-long-mcq", "embedded-binding-only", "embedded-captions"], "synth_caption_more",
-     3, 13)])
+     3, 13),
+    (["embedded-grounding", "embedded-long-mcq", "embedded-binding-only", "embedded-shots", "embedded-shot-grounding",
+      "embedded-needle-haystack"], "synth_mcq_needle_haystack", 4, 14)])
 def test_a_phase_mix_loads_in_place_of_the_mix(phases, name, weight, count):  # as EMBEDDED_DATA, make embedded
     text = "".join((ROOT / "configs" / f"{phase}.yaml").read_text() for phase in phases)
     config = load_config(ROOT / "configs" / "embedded.yaml",
@@ -168,6 +170,16 @@ def sweep_file(path, answers: list[str], seeds: list[int]) -> Path:
             "metrics": {"accuracy": 0.0}}
     path.write_text(json.dumps({"settings": {"size": 64}, "cells": [cell]}))
     return path
+
+
+def test_needle_probe_counts_right_answers_by_colour_and_haystack():
+    probe = load_script("probe_needles")
+    rows = [{"needle": "dotted teal", "as made": True, "same colour": False},
+            {"needle": "dotted teal", "as made": False, "same colour": False},
+            {"needle": "dotted pink", "as made": True, "same colour": True}]
+    summary = probe.summary(rows)
+    assert summary["teal"] == {"videos": 2, "as made": 1, "same colour": 0}
+    assert summary["all"] == {"videos": 3, "as made": 2, "same colour": 1}
 
 
 def test_paired_bootstrap_scores_each_item_and_bounds_the_difference(tmp_path, capsys):

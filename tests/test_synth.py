@@ -19,6 +19,7 @@ from timeviper.synth import (
     parse_caption,
     render_frames,
     render_item,
+    same_colour_haystack,
     split_of,
     split_range,
     stream_frames,
@@ -86,6 +87,19 @@ def test_world_invariants(spec):
 
 def test_needles_occur_in_long_videos_only():
     assert any(s.needle for s in SPECS) and not any(s.needle for s in SPECS if s.frames < NEEDLE_MIN_FRAMES)
+
+
+def test_same_colour_haystack_keeps_only_the_pattern_apart():
+    specs = [s for s in SPECS if s.needle][:12]
+    for spec in specs:
+        hidden = same_colour_haystack(spec)
+        colour = spec.needle.background.split()[-1]
+        assert hidden.needle == spec.needle and len({s.background for s in hidden.scenes}) == min(4, len(spec.scenes))
+        assert all(s.background.split()[-1] == colour for s in hidden.scenes)
+        assert all(a.background != b.background for a, b in zip(hidden.scenes, hidden.scenes[1:]))
+        assert [s.actors for s in hidden.scenes] == [s.actors for s in spec.scenes]
+    with pytest.raises(ConfigError, match="no needle"):
+        same_colour_haystack(next(s for s in SPECS if not s.needle))
 
 
 def test_pixels_show_the_spec():

@@ -154,6 +154,29 @@ def test_same_kind_asks_every_question_of_a_sample_in_that_kind(tokenizer):
         SynthConfig("mcq", (0, 10), 8, same_kind=True)
 
 
+def test_same_colour_haystack_hides_needles_among_scenes_of_their_colour(tokenizer):
+    plain = dataset(tokenizer, "mcq", kind="needle", frames=(120, 256))
+    hidden = dataset(tokenizer, "mcq", kind="needle", frames=(120, 256), same_colour_haystack=True)
+    needles = 0
+    for index in range(8):
+        (video, item), (made, same_item) = hidden.item(index), plain.item(index)
+        assert item == same_item  # the question, its options and its answer do not depend on backgrounds
+        if item["kind"] != "needle":  # no needle in this video: left as made
+            assert video == made
+            continue
+        needles += 1
+        colour = made.needle.background.split()[-1]
+        assert video.needle == made.needle
+        assert {s.background.split()[-1] for s in video.scenes} == {colour}
+        assert [(s.start, s.end, s.actors) for s in video.scenes] == [(s.start, s.end, s.actors) for s in made.scenes]
+        assert video != made and not torch.equal(hidden[index].frames, plain[index].frames)
+    assert needles >= 2
+    with pytest.raises(ConfigError, match="same_colour_haystack"):
+        SynthConfig("mcq", (0, 10), 200, kind="count", same_colour_haystack=True)
+    with pytest.raises(ConfigError, match="same_colour_haystack"):
+        SynthConfig("mcq", (0, 10), 200, kind="needle", questions=2, same_colour_haystack=True)
+
+
 def test_make_item_draws_other_questions_from_streams_of_their_own():
     assert make_item("mcq", 7, 60, question=0) == make_item("mcq", 7, 60)
     spec, item = make_item("mcq", 7, 60, question=2)

@@ -25,7 +25,7 @@ import torch
 from timeviper.data.records import Sample, Skipped, Tokenize, encode_turns, make_sample
 from timeviper.errors import ConfigError
 from timeviper.prompts import CAPTION_PROMPT, NO_EVENT, VIDEO_PLACEHOLDER, grounding_prompt, mcq_prompt
-from timeviper.synth import VideoSpec, iter_items, make_item, render_frames
+from timeviper.synth import VideoSpec, iter_items, make_item, render_frames, same_colour_haystack
 from timeviper.synth.tasks import LETTERS, caption_text, shot_tvg
 from timeviper.synth.world import FPS
 from timeviper.sampling import Video, kept_samples, sample_times
@@ -123,9 +123,10 @@ class SynthDataset:
             raise IndexError(f"{self.name}: index {index} is outside [0, {len(self)})")
         s, seed = self.spec, self.spec.seeds[0] + index
         try:
-            return next(iter_items(s.task, [seed], s.frames, s.size, s.kind))
+            video, item = next(iter_items(s.task, [seed], s.frames, s.size, s.kind))
         except ConfigError:  # this video has no question of that kind
             return next(iter_items(s.task, [seed], s.frames, s.size))
+        return (same_colour_haystack(video) if s.same_colour_haystack else video), item
 
     def items(self, index: int) -> tuple[VideoSpec, list[dict]]:
         """The video of ``dataset[index]`` and its up to ``spec.questions`` items, no two asking the same

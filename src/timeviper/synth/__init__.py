@@ -20,6 +20,7 @@ from timeviper.synth.world import (
     Scene,
     VideoSpec,
     make_video,
+    same_colour_haystack,
     split_of,
     split_range,
 )
@@ -27,6 +28,6 @@ from timeviper.synth.world import (
 __all__ = [
     "BACKGROUNDS", "MCQ_KINDS", "MOTIONS", "NEEDLE_BACKGROUNDS", "OBJECTS", "SPECIAL_TOKENS", "TASKS",
     "Actor", "Scene", "VideoSpec", "caption_text", "iter_items", "load_tokenizer", "make_item", "make_video",
-    "parse_caption", "render_frames", "render_item", "split_of", "split_range", "stream_frames",
+    "parse_caption", "render_frames", "render_item", "same_colour_haystack", "split_of", "split_range", "stream_frames",
     "train_tokenizer", "write_mp4",
 ]

@@ -21,7 +21,8 @@ Seeds are split by range: train < 1,000,000 <= validation < 1,100,000 <= test.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -139,6 +140,18 @@ def make_video(seed: int, frames: int, size: int = 64) -> VideoSpec:
         scenes.append(_scene(rng, background, start, start + length, cast, used))
         start += length
     return VideoSpec(seed, frames, tuple(scenes), size)
+
+
+def same_colour_haystack(spec: VideoSpec) -> VideoSpec:
+    """The video with every scene but the needle moved onto a background of the needle's colour (plain, striped and
+    checkered in turn): only the dotted pattern then tells the needle scene apart, as among the thousands of scenes
+    of a very long video. Actors and times are kept, so a needle question's answer and options hold; an event may
+    now repeat on one background, so other kinds of question do not."""
+    if spec.needle is None:
+        raise ConfigError(f"video {spec.seed} of {spec.frames} frames has no needle scene to hide")
+    colour = spec.needle.background.split()[-1]
+    others = itertools.cycle(background_name(p, colour) for p in PATTERNS)
+    return replace(spec, scenes=tuple(s if s.is_needle else replace(s, background=next(others)) for s in spec.scenes))
 
 
 def _durations(rng, total: int, has_needle: bool) -> list[int]:

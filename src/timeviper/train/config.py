@@ -162,6 +162,8 @@ class SynthConfig:
     kind: str | None = None  # mcq: ask this kind of question (e.g. needle) where the video has one
     questions: int = 1  # mcq, tvg: up to this many different questions on each video, as turns of one sample
     same_kind: bool = False  # mcq with kind: every question of a sample asks that kind, not only the first
+    same_colour_haystack: bool = False  # mcq, kind needle: a needle video's other scenes all on backgrounds of the
+    # needle's colour (timeviper.synth.same_colour_haystack), so that only its pattern tells the needle apart
     mcq_answer: str = "letter"  # mcq: answer "B", or "option": "blue circle (B)", the option named before its letter
     shot_frames: int | None = None  # caption, tvg: ask about one scene of each video, read from at most this many of
     # its frames as `caption --shots` and `ground --shots` read a shot, not the whole video (tvg: about an event of the
@@ -189,6 +191,9 @@ class SynthConfig:
             f"is for mcq only, one of {', '.join(MCQ_KINDS)}; got {self.kind!r} for {self.task}",
         )
         _require(not self.same_kind or self.kind is not None, "same_kind", "needs a kind to ask")
+        _require(not self.same_colour_haystack or (self.kind == "needle" and (self.questions == 1 or self.same_kind)),
+                 "same_colour_haystack", "is for needle questions only: set kind: needle, and same_kind with "
+                 "questions > 1 (its other scenes' questions would no longer hold)")
         _require(
             isinstance(self.questions, int) and self.questions >= 1 and (self.questions == 1 or self.task != "caption"),
             "questions",
