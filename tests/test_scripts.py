@@ -172,14 +172,25 @@ def sweep_file(path, answers: list[str], seeds: list[int]) -> Path:
     return path
 
 
-def test_needle_probe_counts_right_answers_by_colour_and_haystack():
+def test_needle_probe_counts_right_answers_by_colour(tmp_path):
     probe = load_script("probe_needles")
-    rows = [{"needle": "dotted teal", "as made": True, "same colour": False},
-            {"needle": "dotted teal", "as made": False, "same colour": False},
-            {"needle": "dotted pink", "as made": True, "same colour": True}]
+    rows = [{"colour": "teal", "as made": True, "same colour": False},
+            {"colour": "teal", "as made": False, "same colour": False},
+            {"colour": "pink", "as made": True, "same colour": True}]
     summary = probe.summary(rows)
     assert summary["teal"] == {"videos": 2, "as made": 1, "same colour": 0}
     assert summary["all"] == {"videos": 3, "as made": 2, "same colour": 1}
+
+    from timeviper.eval.synth_sweep import sweep_items
+    (spec, item), (other, other_item) = sweep_items("needle", 200, 2, 0, 64)
+    wrong = next(letter for letter in "ABCD" if letter != other_item["answer"])
+    cell = {"task": "needle", "frames": 200, "seeds": [spec.seed, other.seed],
+            "responses": [f"({item['answer']})", f"({wrong})"]}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"cells": [], "earlier_model": {"cells": [cell, {**cell, "frames": 100}]}}))
+    rows = probe.scored_rows([results], 200)  # the cell nested under another model's key, not the shorter one
+    assert rows == [{"colour": probe.colour(spec), "frames": 200, "right": True},
+                    {"colour": probe.colour(other), "frames": 200, "right": False}]
 
 
 def test_paired_bootstrap_scores_each_item_and_bounds_the_difference(tmp_path, capsys):
