@@ -1,11 +1,12 @@
 """Needle questions by the colour of the needle scene's dotted background.
 
-Asked (default): each needle video in the video as made and with every other scene moved onto a background of the
-needle's colour (timeviper.synth.same_colour_haystack), where only the dotted pattern tells the needle scene apart;
-validation seeds by default, one thread of the CPU.
+Asked (default): each needle video as made, with every other scene moved onto a background of the needle's colour
+(`same colour`: timeviper.synth.same_colour_haystack, where only the dotted pattern tells the needle scene apart), or
+with the needle scene's dotted background in another colour (`needle gray` and the like); validation seeds by default
+(or --seeds), one thread of the CPU.
 
     python scripts/probe_needles.py --frames 1000 --items 40 --out runs/probe_needles_1000.json [--model DIR]
-        [--split validation|test] [--seed-offset K]
+        [--split validation|test] [--seed-offset K | --seeds S,S,...] [--transv none] [--variants "as made,needle gray"]
 
 Scored (--cells): the answers already in synth_sweep results files, every needle cell of at least --frames frames
 (anywhere in the files, so earlier models' cells count too), by colour and length.
@@ -18,21 +19,27 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from timeviper.eval.runner import parse_answer
 from timeviper.eval.synth_sweep import predict, sweep_items, task_item
+from timeviper.synth import same_colour_haystack
+from timeviper.synth.world import BACKGROUND_COLORS, NEEDLE_PATTERN, background_name
 
-HAYSTACKS = ("as made", "same colour")
+VARIANTS = {"as made": lambda spec: spec, "same colour": same_colour_haystack,
+            **{f"needle {c}": lambda spec, c=c: replace(spec, scenes=tuple(
+                replace(s, background=background_name(NEEDLE_PATTERN, c)) if s.is_needle else s for s in spec.scenes))
+               for c in BACKGROUND_COLORS}}
 
 
 def colour(spec) -> str:
     return spec.needle.background.split()[-1]
 
 
-def summary(rows: list[dict], columns=HAYSTACKS) -> dict:
+def summary(rows: list[dict], columns=("as made", "same colour")) -> dict:
     """{colour: {videos, column: right answers}} and the same over all colours ("all")."""
     out = defaultdict(lambda: {"videos": 0, **dict.fromkeys(columns, 0)})
     for row in rows:
@@ -68,16 +75,20 @@ def scored_rows(paths: list[str], shortest: int) -> list[dict]:
     return rows
 
 
-def asked_rows(args) -> list[dict]:
+def asked_rows(args, variants: list[str]) -> list[dict]:
     from timeviper.cli import load_model
-    from timeviper.synth import same_colour_haystack
 
-    model = load_model(argparse.Namespace(model=args.model, device="cpu", transv=None, logn_length="default"))
+    model = load_model(argparse.Namespace(model=args.model, device="cpu", transv=args.transv, logn_length="default"))
+    if args.seeds:
+        items = [task_item("needle", int(seed), args.frames, 64) for seed in args.seeds.split(",")]
+    else:
+        items = sweep_items("needle", args.frames, args.items, args.seed_offset, 64, args.split)
     rows = []
-    for spec, item in tqdm(sweep_items("needle", args.frames, args.items, args.seed_offset, 64, args.split)):
+    for spec, item in tqdm(items):
         row = {"seed": spec.seed, "colour": colour(spec), "seconds": spec.needle.end - spec.needle.start}
-        for haystack, video in zip(HAYSTACKS, (spec, same_colour_haystack(spec))):
-            row[haystack] = predict(model, video, item, None, False, False, False).get("answer") == item["answer"]
+        for variant in variants:
+            answer = predict(model, VARIANTS[variant](spec), item, None, False, False, False).get("answer")
+            row[variant] = answer == item["answer"]
         rows.append(row)
         Path(args.out).write_text(json.dumps({"settings": vars(args), "rows": rows}))
     return rows
@@ -90,6 +101,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=40)
     parser.add_argument("--split", choices=("validation", "test"), default="validation")
     parser.add_argument("--seed-offset", type=int, default=0)
+    parser.add_argument("--seeds", help="comma list of seeds to ask about instead (videos that hold a needle)")
+    parser.add_argument("--transv", default=None, help="a TransV spec, or none (default: the model's own)")
+    parser.add_argument("--variants", default="as made,same colour", help=f"comma list of: {', '.join(VARIANTS)}")
     parser.add_argument("--cells", nargs="+", metavar="RESULTS", help="score these results files' answers instead")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -99,8 +113,11 @@ def main() -> None:
                      for frames in sorted({r["frames"] for r in rows})}
         result = {"settings": vars(args), "summary": summary(rows, ("right",)), "by_length": by_length}
     else:
-        rows = asked_rows(args)
-        result = {"settings": vars(args), "summary": summary(rows), "rows": rows}
+        variants = args.variants.split(",")
+        if unknown := [v for v in variants if v not in VARIANTS]:
+            parser.error(f"unknown variants {unknown}; expected some of: {', '.join(VARIANTS)}")
+        rows = asked_rows(args, variants)
+        result = {"settings": vars(args), "summary": summary(rows, variants), "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"], indent=1))
 

@@ -186,6 +186,10 @@ def test_needle_probe_counts_right_answers_by_colour(tmp_path):
     wrong = next(letter for letter in "ABCD" if letter != other_item["answer"])
     cell = {"task": "needle", "frames": 200, "seeds": [spec.seed, other.seed],
             "responses": [f"({item['answer']})", f"({wrong})"]}
+    gray = probe.VARIANTS["needle gray"](other)
+    assert gray.needle.background == "dotted gray" and gray.needle.actors == other.needle.actors
+    haystack = [s.background for s in other.scenes if not s.is_needle]
+    assert [s.background for s in gray.scenes if not s.is_needle] == haystack
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"cells": [], "earlier_model": {"cells": [cell, {**cell, "frames": 100}]}}))
     rows = probe.scored_rows([results], 200)  # the cell nested under another model's key, not the shorter one
