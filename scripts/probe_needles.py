@@ -29,10 +29,17 @@ from timeviper.eval.synth_sweep import predict, sweep_items, task_item
 from timeviper.synth import same_colour_haystack
 from timeviper.synth.world import BACKGROUND_COLORS, NEEDLE_PATTERN, background_name
 
+
+def needle_in(colour: str):
+    """spec -> the same video with its needle scene's dotted background in `colour`."""
+    def recolour(spec):
+        background = background_name(NEEDLE_PATTERN, colour)
+        return replace(spec, scenes=tuple(replace(s, background=background) if s.is_needle else s for s in spec.scenes))
+    return recolour
+
+
 VARIANTS = {"as made": lambda spec: spec, "same colour": same_colour_haystack,
-            **{f"needle {c}": lambda spec, c=c: replace(spec, scenes=tuple(
-                replace(s, background=background_name(NEEDLE_PATTERN, c)) if s.is_needle else s for s in spec.scenes))
-               for c in BACKGROUND_COLORS}}
+            **{f"needle {c}": needle_in(c) for c in BACKGROUND_COLORS}}
 
 
 def colour(spec) -> str:
