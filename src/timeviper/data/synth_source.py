@@ -101,7 +101,8 @@ class SynthDataset:
     """``dataset[i]``: the :class:`Sample` of seed ``spec.seeds[0] + i`` (or a :class:`Skipped` if too long).
 
     With ``spec.kind`` an mcq seed asks that kind of question where its video has one, and a random
-    kind otherwise, so a needle dataset of long videos holds needles in about half its samples.
+    kind otherwise, so a needle dataset of long videos holds needles in about half its samples; with
+    ``spec.same_colour_haystack`` those videos' other scenes are on backgrounds of the needle's colour.
     With ``spec.questions`` n > 1 a sample asks up to n different questions on its video, one turn each
     (the first as with n = 1, then random kinds, or ``spec.kind`` again with ``spec.same_kind``): n answers
     for the price of one video's tokens. The first question's last token steers attention-guided TransV, as
