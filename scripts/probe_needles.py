@@ -24,10 +24,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from timeviper.errors import ConfigError
 from timeviper.eval.runner import parse_answer
 from timeviper.eval.synth_sweep import predict, sweep_items, task_item
 from timeviper.synth import same_colour_haystack
-from timeviper.synth.world import BACKGROUND_COLORS, NEEDLE_PATTERN, background_name
+from timeviper.synth.world import BACKGROUND_COLORS, NEEDLE_PATTERN, background_name, background_parts
 
 
 def needle_in(colour: str):
@@ -43,10 +44,10 @@ VARIANTS = {"as made": lambda spec: spec, "same colour": same_colour_haystack,
 
 
 def colour(spec) -> str:
-    return spec.needle.background.split()[-1]
+    return background_parts(spec.needle.background)[1]
 
 
-def summary(rows: list[dict], columns=("as made", "same colour")) -> dict:
+def summary(rows: list[dict], columns: list[str]) -> dict:
     """{colour: {videos, column: right answers}} and the same over all colours ("all")."""
     out = defaultdict(lambda: {"videos": 0, **dict.fromkeys(columns, 0)})
     for row in rows:
@@ -82,14 +83,18 @@ def scored_rows(paths: list[str], shortest: int) -> list[dict]:
     return rows
 
 
+def seed_list(text: str) -> list[int]:
+    return [int(seed) for seed in text.split(",")]
+
+
 def asked_rows(args, variants: list[str]) -> list[dict]:
     from timeviper.cli import load_model
 
-    model = load_model(argparse.Namespace(model=args.model, device="cpu", transv=args.transv, logn_length="default"))
     if args.seeds:
-        items = [task_item("needle", int(seed), args.frames, 64) for seed in args.seeds.split(",")]
+        items = [task_item("needle", seed, args.frames, 64) for seed in args.seeds]
     else:
         items = sweep_items("needle", args.frames, args.items, args.seed_offset, 64, args.split)
+    model = load_model(argparse.Namespace(model=args.model, device="cpu", transv=args.transv, logn_length="default"))
     rows = []
     for spec, item in tqdm(items):
         row = {"seed": spec.seed, "colour": colour(spec), "seconds": spec.needle.end - spec.needle.start}
@@ -108,23 +113,27 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=40)
     parser.add_argument("--split", choices=("validation", "test"), default="validation")
     parser.add_argument("--seed-offset", type=int, default=0)
-    parser.add_argument("--seeds", help="comma list of seeds to ask about instead (videos that hold a needle)")
+    parser.add_argument("--seeds", type=seed_list,
+                        help="comma list of seeds to ask about instead (videos that hold a needle)")
     parser.add_argument("--transv", default=None, help="a TransV spec, or none (default: the model's own)")
     parser.add_argument("--variants", default="as made,same colour", help=f"comma list of: {', '.join(VARIANTS)}")
     parser.add_argument("--cells", nargs="+", metavar="RESULTS", help="score these results files' answers instead")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    if args.cells:
-        rows = scored_rows(args.cells, args.frames)
-        by_length = {frames: summary([r for r in rows if r["frames"] == frames], ("right",))
-                     for frames in sorted({r["frames"] for r in rows})}
-        result = {"settings": vars(args), "summary": summary(rows, ("right",)), "by_length": by_length}
-    else:
-        variants = args.variants.split(",")
-        if unknown := [v for v in variants if v not in VARIANTS]:
-            parser.error(f"unknown variants {unknown}; expected some of: {', '.join(VARIANTS)}")
-        rows = asked_rows(args, variants)
-        result = {"settings": vars(args), "summary": summary(rows, variants), "rows": rows}
+    variants = args.variants.split(",")
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        parser.error(f"unknown variants {unknown}; expected some of: {', '.join(VARIANTS)}")
+    try:
+        if args.cells:
+            rows = scored_rows(args.cells, args.frames)
+            by_length = {frames: summary([r for r in rows if r["frames"] == frames], ["right"])
+                         for frames in sorted({r["frames"] for r in rows})}
+            result = {"settings": vars(args), "summary": summary(rows, ["right"]), "by_length": by_length}
+        else:
+            rows = asked_rows(args, variants)
+            result = {"settings": vars(args), "summary": summary(rows, variants), "rows": rows}
+    except (ConfigError, OSError, json.JSONDecodeError) as e:  # a seed without a needle, an unreadable results file
+        parser.error(str(e))
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"], indent=1))
 

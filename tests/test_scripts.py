@@ -177,7 +177,7 @@ def test_needle_probe_counts_right_answers_by_colour(tmp_path):
     rows = [{"colour": "teal", "as made": True, "same colour": False},
             {"colour": "teal", "as made": False, "same colour": False},
             {"colour": "pink", "as made": True, "same colour": True}]
-    summary = probe.summary(rows)
+    summary = probe.summary(rows, ["as made", "same colour"])
     assert summary["teal"] == {"videos": 2, "as made": 1, "same colour": 0}
     assert summary["all"] == {"videos": 3, "as made": 2, "same colour": 1}
 
@@ -195,6 +195,12 @@ def test_needle_probe_counts_right_answers_by_colour(tmp_path):
     rows = probe.scored_rows([results], 200)  # the cell nested under another model's key, not the shorter one
     assert rows == [{"colour": probe.colour(spec), "frames": 200, "right": True},
                     {"colour": probe.colour(other), "frames": 200, "right": False}]
+
+    for args, error in ((["--cells", tmp_path / "none.json"], "No such file"),
+                        (["--seeds", str(spec.seed + 1), "--frames", "100", "--split", "test"], "no 'needle' question")):
+        failed = subprocess.run([sys.executable, ROOT / "scripts" / "probe_needles.py", *args, "--out", tmp_path / "o"],
+                                capture_output=True, text=True)
+        assert failed.returncode == 2 and error in failed.stderr and "Traceback" not in failed.stderr
 
 
 def test_paired_bootstrap_scores_each_item_and_bounds_the_difference(tmp_path, capsys):

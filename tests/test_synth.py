@@ -11,6 +11,7 @@ from timeviper.synth import (
     Actor,
     Scene,
     VideoSpec,
+    BACKGROUNDS,
     NEEDLE_BACKGROUNDS,
     OBJECTS,
     iter_items,
@@ -26,7 +27,7 @@ from timeviper.synth import (
     write_mp4,
 )
 from timeviper.synth.render import OBJECT_RGB, _background
-from timeviper.synth.world import NEEDLE_MIN_FRAMES, OBJECT_SIZE
+from timeviper.synth.world import NEEDLE_MIN_FRAMES, OBJECT_SIZE, background_name, background_parts
 
 LENGTHS = (1, 2, 10, 30, 60, 120, 256, 600, 3600)
 SPECS = [make_video(seed, LENGTHS[seed % len(LENGTHS)]) for seed in range(400)]
@@ -89,13 +90,19 @@ def test_needles_occur_in_long_videos_only():
     assert any(s.needle for s in SPECS) and not any(s.needle for s in SPECS if s.frames < NEEDLE_MIN_FRAMES)
 
 
+def test_background_parts_inverts_background_name():
+    for name in BACKGROUNDS + NEEDLE_BACKGROUNDS:
+        assert background_name(*background_parts(name)) == name
+    assert background_parts("teal") == ("plain", "teal") and background_parts("dotted teal") == ("dotted", "teal")
+
+
 def test_same_colour_haystack_keeps_only_the_pattern_apart():
     specs = [s for s in SPECS if s.needle][:12]
     for spec in specs:
         hidden = same_colour_haystack(spec)
-        colour = spec.needle.background.split()[-1]
+        colour = background_parts(spec.needle.background)[1]
         assert hidden.needle == spec.needle and len({s.background for s in hidden.scenes}) == min(4, len(spec.scenes))
-        assert all(s.background.split()[-1] == colour for s in hidden.scenes)
+        assert all(background_parts(s.background)[1] == colour for s in hidden.scenes)
         assert all(a.background != b.background for a, b in zip(hidden.scenes, hidden.scenes[1:]))
         assert [s.actors for s in hidden.scenes] == [s.actors for s in spec.scenes]
     with pytest.raises(ConfigError, match="no needle"):

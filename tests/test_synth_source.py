@@ -15,6 +15,7 @@ from timeviper.prompts import NO_EVENT, TextTokenizer, encode_conversation, enco
 from timeviper.sampling import kept_samples
 from timeviper.synth import make_item, make_video, parse_caption, render_frames, write_mp4
 from timeviper.synth.tokenizer import train_tokenizer
+from timeviper.synth.world import background_parts
 from timeviper.train.config import SynthConfig, config_from_dict
 from timeviper.video import load_video
 
@@ -165,9 +166,9 @@ def test_same_colour_haystack_hides_needles_among_scenes_of_their_colour(tokeniz
             assert video == made
             continue
         needles += 1
-        colour = made.needle.background.split()[-1]
+        colour = background_parts(made.needle.background)[1]
         assert video.needle == made.needle
-        assert {s.background.split()[-1] for s in video.scenes} == {colour}
+        assert {background_parts(s.background)[1] for s in video.scenes} == {colour}
         assert [(s.start, s.end, s.actors) for s in video.scenes] == [(s.start, s.end, s.actors) for s in made.scenes]
         assert video != made and not torch.equal(hidden[index].frames, plain[index].frames)
     assert needles >= 2

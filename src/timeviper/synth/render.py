@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from timeviper.errors import ConfigError
-from timeviper.synth.world import FPS, MIN_SIZE, OBJECT_SIZE, VideoSpec
+from timeviper.synth.world import FPS, MIN_SIZE, OBJECT_SIZE, VideoSpec, background_parts
 
 OBJECT_RGB = {
     "red": (230, 25, 25), "orange": (255, 140, 0), "yellow": (255, 230, 0), "green": (30, 190, 40),
@@ -55,7 +55,7 @@ SHAPE_TESTS = {
 @lru_cache(maxsize=None)
 def _background(name: str, size: int) -> np.ndarray:
     """The [size, size, 3] image of a background: plain, or a pattern of its colour and a shade."""
-    pattern, color = name.split() if " " in name else ("plain", name)
+    pattern, color = background_parts(name)
     u = (np.arange(size) + 0.5) / size
     x, y = np.meshgrid(u, u)
     dark = {

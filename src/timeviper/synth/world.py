@@ -43,6 +43,11 @@ def background_name(pattern: str, color: str) -> str:
     return color if pattern == "plain" else f"{pattern} {color}"
 
 
+def background_parts(name: str) -> tuple[str, str]:
+    """('striped', 'teal') for 'striped teal', ('plain', 'teal') for 'teal': background_name's inverse."""
+    return tuple(name.split()) if " " in name else ("plain", name)
+
+
 BACKGROUNDS = tuple(background_name(p, c) for p in PATTERNS for c in BACKGROUND_COLORS)
 NEEDLE_BACKGROUNDS = tuple(background_name(NEEDLE_PATTERN, c) for c in BACKGROUND_COLORS)
 
@@ -149,7 +154,7 @@ def same_colour_haystack(spec: VideoSpec) -> VideoSpec:
     now repeat on one background, so other kinds of question do not."""
     if spec.needle is None:
         raise ConfigError(f"video {spec.seed} of {spec.frames} frames has no needle scene to hide")
-    colour = spec.needle.background.split()[-1]
+    _, colour = background_parts(spec.needle.background)
     others = itertools.cycle(background_name(p, colour) for p in PATTERNS)
     return replace(spec, scenes=tuple(s if s.is_needle else replace(s, background=next(others)) for s in spec.scenes))
 
