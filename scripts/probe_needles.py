@@ -31,10 +31,10 @@ from timeviper.synth import same_colour_haystack
 from timeviper.synth.world import BACKGROUND_COLORS, NEEDLE_PATTERN, background_name, background_parts
 
 
-def needle_in(colour: str):
-    """spec -> the same video with its needle scene's dotted background in `colour`."""
+def needle_in(new_colour: str):
+    """spec -> the same video with its needle scene's dotted background in `new_colour`."""
     def recolour(spec):
-        background = background_name(NEEDLE_PATTERN, colour)
+        background = background_name(NEEDLE_PATTERN, new_colour)
         return replace(spec, scenes=tuple(replace(s, background=background) if s.is_needle else s for s in spec.scenes))
     return recolour
 
