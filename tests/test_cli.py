@@ -72,6 +72,20 @@ def test_plain_output_is_the_answer(capsys, model_dir, video):
     assert code == 0 and out.strip() and not out.lstrip().startswith("{")
 
 
+@pytest.mark.parametrize("trained, noted", [(12, False), (11, True), (None, False)])
+@pytest.mark.parametrize("command", [["ask", "What is shown?"], ["ground", "the red circle moves left"], ["caption"]])
+def test_reading_more_frames_than_trained_is_noted(capsys, tmp_path, video, command, trained, noted):
+    model_dir = save_tiny_model(tmp_path / "model")
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "trained_frames": trained}))
+    verb, *rest = command
+    code, out, err = run(capsys, verb, video, *rest, "--model", model_dir, "--device", "cpu", "--max-new-tokens", 2,
+                         "--json", "--quiet")
+    assert code == 0 and json.loads(out)["frames"] == 12
+    assert ("note: read 12 frames in one pass; this model was trained on videos of at most 11 frames" in err) == noted
+    assert (f"`{verb} --shots`" in err) == (noted and verb != "ask")
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -74,6 +74,21 @@ def test_instruction_before_video_reaches_the_prefill_and_round_trips(model, tmp
         TimeViperConfig(LLM, VISION, transv="none", instruction_before_video="yes")
 
 
+def test_trained_frames_round_trips_and_is_checked(model, tmp_path):
+    model.config.trained_frames = 256
+    try:
+        model.save_pretrained(tmp_path)
+    finally:
+        model.config.trained_frames = None
+    assert json.loads((tmp_path / "config.json").read_text())["trained_frames"] == 256
+    assert TimeViper.from_pretrained(tmp_path).config.trained_frames == 256
+    model.save_pretrained(tmp_path / "unrecorded")
+    assert "trained_frames" not in json.loads((tmp_path / "unrecorded" / "config.json").read_text())
+    for bad in (0, 2.5, "256", True):
+        with pytest.raises(ConfigError, match="trained_frames"):
+            TimeViperConfig(LLM, VISION, transv="none", trained_frames=bad)
+
+
 def test_chat_on_a_video_file(model, tmp_path):
     from timeviper.synth.render import write_mp4
     from timeviper.synth.world import make_video

@@ -101,7 +101,8 @@ def test_export_a_checkpoint(tmp_path, capsys):
     exported = TimeViper.from_pretrained(tmp_path / "bf16").state_dict()
     assert trained.keys() <= exported.keys() and all(
         torch.equal(t.to(torch.bfloat16).float(), exported[k]) for k, t in trained.items())
-    assert TimeViper.from_pretrained(tmp_path / "bf16").config.llm.logn_attention_length is None  # as trained
+    exported = TimeViper.from_pretrained(tmp_path / "bf16").config
+    assert exported.llm.logn_attention_length is None and exported.trained_frames == 8  # as trained: max_frames 8
     assert main(["export", str(out), "--out", str(tmp_path / "logn"), "--logn-length", "1024"]) == 0
     assert TimeViper.from_pretrained(tmp_path / "logn").config.llm.logn_attention_length == 1024
 
@@ -125,10 +126,12 @@ def test_a_pretrained_model_learns_frame_times(tmp_path):
     tree = yaml.safe_load(config.read_text())
     tree["model"] = {"pretrained": str(tmp_path / "plain"), "time_period": 16}
     tree["train"]["trainable"] = ["projector", "llm", "transv"]
+    tree["data"]["max_frames"] = 5
     assert main(["train", "--config", str(write(tmp_path / "timed.yaml", tree)), "--output", str(tmp_path / "timed"),
                  "--max-steps", "2", "--export", str(tmp_path / "model")]) == 0
     model = TimeViper.from_pretrained(tmp_path / "model")
     assert model.config.time_period == 16 and model.projector.time.proj.weight.abs().sum() > 0
+    assert model.config.trained_frames == 8  # the pretrained model's 8, not this run's 5
     tree["model"]["time_period"] = 1
     assert main(["train", "--config", str(write(tmp_path / "bad.yaml", tree)), "--output", str(tmp_path / "bad")]) == 1
 

@@ -320,6 +320,19 @@ def test_yaml_numbers_and_defaults(tmp_path):
     assert config.data.datasets[0].name == "videos"
 
 
+def test_most_frames_a_sample_can_hold(tmp_path):
+    tree = make_config(tmp_path).to_dict()
+    assert load_config(write_yaml(tmp_path / "files.yaml", tree)).data.most_frames() == 256  # max_frames
+    synth = {"task": "tvg", "seeds": [0, 10], "size": 32}
+    tree["data"]["datasets"] = [{"synth": {**synth, "frames": [4, 12]}, "name": "short"},
+                                {"synth": {**synth, "frames": 2000, "shot_frames": 32}, "name": "shots"}]
+    tree["data"]["fps"] = 2.0
+    data = load_config(write_yaml(tmp_path / "synth.yaml", tree)).data
+    assert data.most_frames() == 32  # videos of 12 s read at 2 fps: 24 frames; shots of 2,000 s videos: 32
+    data.max_frames = 16
+    assert data.most_frames() == 16
+
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_the_stage_configs_load_once_their_paths_exist(tmp_path, monkeypatch, stage):
     path = CONFIGS / f"stage{stage}.yaml"

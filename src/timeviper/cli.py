@@ -15,6 +15,7 @@ from pathlib import Path
 from timeviper.errors import TimeViperError
 
 DTYPES = ("float32", "bfloat16")  # of exported weights
+SHOTS_PAST_TRAINING = "; `{} --shots` reads it one shot at a time instead"
 
 
 # --- questions about a video -------------------------------------------------------------------------------
@@ -61,8 +62,9 @@ def logn_arg(p: argparse.ArgumentParser) -> None:
                         "default: the model's own setting")
 
 
-def answer(args, instruction: str) -> tuple[str, int, float]:
-    """Run the model on args.video: (text, frames read, seconds)."""
+def answer(args, instruction: str, past_training: str = "") -> tuple[str, int, float]:
+    """Run the model on args.video: (text, frames read, seconds). Reading more frames than the model was trained
+    on a video is noted on stderr, followed by `past_training` (what to do instead)."""
     from tqdm import tqdm
 
     from timeviper.model import frame_chunks
@@ -77,7 +79,12 @@ def answer(args, instruction: str) -> tuple[str, int, float]:
             bar.update(n)
 
         text = model.generate([(chunks, instruction)], max_new_tokens=args.max_new_tokens, progress=read)[0]
-    return text, frames, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    trained = model.config.trained_frames
+    if trained is not None and frames > trained:
+        print(f"note: read {frames:,} frames in one pass; this model was trained on videos of at most {trained:,} "
+              f"frames{past_training}", file=sys.stderr)
+    return text, frames, seconds
 
 
 def emit(args, result: dict, text: str) -> None:
@@ -107,7 +114,7 @@ def cmd_ground(args) -> None:
         return ground_by_search(args)
     if args.shots:
         return ground_shot_by_shot(args)
-    text, frames, seconds = answer(args, grounding_prompt(args.query))
+    text, frames, seconds = answer(args, grounding_prompt(args.query), SHOTS_PAST_TRAINING.format("ground"))
     span = parse_time_span(text)
     result = {"start": span and span[0], "end": span and span[1], "raw": text, "frames": frames,
               "seconds": round(seconds, 3)}
@@ -188,7 +195,7 @@ def cmd_caption(args) -> None:
 
     if args.shots:
         return caption_shot_by_shot(args)
-    text, frames, seconds = answer(args, CAPTION_PROMPT)
+    text, frames, seconds = answer(args, CAPTION_PROMPT, SHOTS_PAST_TRAINING.format("caption"))
     emit(args, {"caption": text, "frames": frames, "seconds": round(seconds, 3)}, text)
 
 

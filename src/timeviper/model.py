@@ -47,6 +47,7 @@ class TimeViperConfig:
     feature_layer: int = -1
     time_period: float | None = None  # frame-time embedding's longest period in seconds (None: off, as the paper)
     instruction_before_video: bool = False  # the instruction also before the video (see encode_conversation)
+    trained_frames: int | None = None  # the most frames of one video any training run gave it (None: not recorded)
     extra: dict = field(default_factory=dict)  # free-form (e.g. the training recipe), kept on save
 
     def __post_init__(self):
@@ -54,15 +55,18 @@ class TimeViperConfig:
         check_time_period(self.time_period)
         if not isinstance(self.instruction_before_video, bool):
             raise ConfigError(f"instruction_before_video must be true or false, got {self.instruction_before_video!r}")
+        if self.trained_frames is not None and (type(self.trained_frames) is not int or self.trained_frames < 1):
+            raise ConfigError(f"trained_frames must be a number of frames >= 1 or null, got {self.trained_frames!r}")
 
     def to_dict(self) -> dict:
         # written only when set, so that configs of the paper's layout stay as they were
         timed = {} if self.time_period is None else {"time_period": self.time_period}
         asked_first = {"instruction_before_video": True} if self.instruction_before_video else {}
+        trained = {} if self.trained_frames is None else {"trained_frames": self.trained_frames}
         return {"model_type": "timeviper", "llm": config_to_hf(self.llm, torch.float32), "vision": self.vision,
                 "tokens_per_frame": self.tokens_per_frame, "transv": self.transv,
                 "chat_template": self.chat_template, "system_prompt": self.system_prompt,
-                "feature_layer": self.feature_layer, **timed, **asked_first, "extra": self.extra}
+                "feature_layer": self.feature_layer, **timed, **asked_first, **trained, "extra": self.extra}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "TimeViperConfig":
@@ -70,7 +74,7 @@ class TimeViperConfig:
             raise CheckpointError(f"config.json has model_type {raw.get('model_type')!r}, expected 'timeviper' "
                                   "(to start from a SigLIP and an LLM directory, use TimeViper.from_parts)")
         keys = ("tokens_per_frame", "transv", "chat_template", "system_prompt", "feature_layer", "time_period",
-                "instruction_before_video", "extra")
+                "instruction_before_video", "trained_frames", "extra")
         try:
             return cls(llm=config_from_hf(raw["llm"]), vision=raw["vision"], **{k: raw[k] for k in keys if k in raw})
         except (KeyError, TypeError) as e:

@@ -74,7 +74,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtyp
     returns the checkpoint used.
 
     The model is built afresh from the checkpoint's config.yaml (frozen parts from their pretrained
-    directories) and receives the checkpoint's trained weights, in one process on the CPU.
+    directories) and receives the checkpoint's trained weights, in one process on the CPU. Its
+    `trained_frames` becomes the most frames a sample of this run's data can hold, or the pretrained
+    model's own where that is more.
     """
     checkpoint = Path(checkpoint)
     found = checkpoint if (checkpoint / MARKER).is_file() else latest_checkpoint(checkpoint)
@@ -87,5 +89,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtyp
     load_model_weights(model, found, DistEnv(0, 0, 1, torch.device("cpu")), require_all=random_init)
     if logn_length is not None:
         model.set_logn_attention(logn_length)
+    model.config.trained_frames = max(model.config.trained_frames or 0, config.data.most_frames())
     model.save_pretrained(out)
     return found

@@ -19,6 +19,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from timeviper.errors import ConfigError
+from timeviper.sampling import sample_times
 from timeviper.synth.tasks import MCQ_KINDS, TASKS
 from timeviper.synth.world import MIN_SIZE, split_range
 from timeviper.vision.projector import check_time_period
@@ -261,6 +262,18 @@ class DataConfig:
         _require(self.fps > 0, "fps", "must be > 0")
         _require(0 <= self.max_skip_fraction < 1, "max_skip_fraction", "must lie in [0, 1)")
         _require(self.num_workers >= 0, "num_workers", "must be >= 0")
+
+    def most_frames(self) -> int:
+        """The most frames one sample of these datasets can hold: max_frames, or fewer where every video of a
+        synthetic task is shorter (or read a shot of at most shot_frames frames)."""
+        def most(d: DatasetConfig) -> int:
+            if d.synth is None:
+                return self.max_frames
+            longest = d.synth.frames if isinstance(d.synth.frames, int) else d.synth.frames[1]
+            return min(len(sample_times(longest, self.fps, self.max_frames, "uniform")),
+                       d.synth.shot_frames or self.max_frames)
+
+        return max(map(most, self.datasets))
 
 
 @dataclass
