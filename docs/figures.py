@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from timeviper.eval.synth_sweep import plot as plot_sweep
+from timeviper.model import TimeViperConfig
 from timeviper.synth import make_item, render_frames
 
 HERE = Path(__file__).parent
@@ -73,14 +74,16 @@ def embedded_quality(path: Path) -> None:
     shots = [c for name in ("embedded_caption_shots.json", "embedded_grounding_shots.json")
              for c in json.loads((RESULTS / name).read_text())["cells"]]
     plot_sweep(json.loads((RESULTS / "embedded_quality.json").read_text())["cells"]
-               + [dict(c, transv=f"{c['transv']}, shot by shot") for c in shots], path)
+               + [dict(c, transv=f"{c['transv']}, shot by shot") for c in shots], path,
+               TimeViperConfig.from_pretrained().trained_frames)
 
 
 def embedded_logn(path: Path) -> None:
     """Needle accuracy by video length for each logn attention length (TransV as trained)."""
     cells = json.loads((RESULTS / "embedded_logn.json").read_text())["cells"]
-    plot_sweep([dict(c, transv=f"logn {c['logn_length'] or 'off'}") for c in cells
-                if c["task"] == "needle" and c["transv"] == "default"], path)
+    needles = [dict(c, transv=f"logn {c['logn_length'] or 'off'}") for c in cells
+               if c["task"] == "needle" and c["transv"] == "default"]
+    plot_sweep(needles, path, TimeViperConfig.from_pretrained().trained_frames)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 from test_eval_runner import model_dir  # noqa: F401 (a fixture)
 
 from timeviper.eval import runner
-from timeviper.eval.synth_sweep import main
+from timeviper.eval.synth_sweep import main, plot
 from timeviper.model import TimeViper
 from timeviper.synth import make_item, make_video, render_frames, write_mp4
 from timeviper.video import load_video
@@ -57,6 +57,14 @@ def test_every_cell_is_written_with_paired_seeds(model_dir, tmp_path, calls, cap
     loaded = TimeViper.from_pretrained(model_dir).transv.state_dict()
     used = next(model for model, _, _ in calls if model.config.transv != "none").transv.state_dict()
     assert used.keys() == loaded.keys() and all(torch.equal(used[k], loaded[k]) for k in loaded)
+
+
+def test_the_plot_marks_the_most_frames_the_model_was_trained_on(tmp_path):
+    cells = [{"transv": "default", "task": "mcq", "frames": n, "metrics": {"accuracy": a}}
+             for n, a in ((16, 1), (1000, 0.5))]
+    labels = [plot(cells, tmp_path / f"{marked}.png", marked).axes[0].get_legend_handles_labels()[1]
+              for marked in (256, None)]
+    assert labels == [["default", "trained on ≤ 256 frames"], ["default"]]
 
 
 def test_frames_are_those_load_video_decodes_from_the_items_mp4(model_dir, tmp_path, calls):

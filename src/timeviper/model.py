@@ -80,6 +80,19 @@ class TimeViperConfig:
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"timeviper config.json is incomplete: {e}") from None
 
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None) -> "TimeViperConfig":
+        """The config.json of a TimeViper directory; with no path, the embedded model's."""
+        path = Path(path) if path is not None else EMBEDDED
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            where = "the embedded model is not installed" if path == EMBEDDED else f"{str(path)!r} has no config.json"
+            raise CheckpointError(f"cannot load TimeViper: {where}")
+        try:
+            return cls.from_dict(json.loads(config_file.read_text()))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{config_file} is not valid JSON: {e}") from None
+
 
 class TimeViper(nn.Module):
     def __init__(self, config: TimeViperConfig, tokenizer: TextTokenizer | None = None):
@@ -393,14 +406,7 @@ class TimeViper(nn.Module):
         from timeviper.llm.hf_io import weight_files
 
         path = Path(path) if path is not None else EMBEDDED
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            where = "the embedded model is not installed" if path == EMBEDDED else f"{str(path)!r} has no config.json"
-            raise CheckpointError(f"cannot load TimeViper: {where}")
-        try:
-            config = TimeViperConfig.from_dict(json.loads(config_file.read_text()))
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{config_file} is not valid JSON: {e}") from None
+        config = TimeViperConfig.from_pretrained(path)
         tokenizer = TextTokenizer.from_dir(path, config.chat_template)
         with torch.device("meta"):
             model = cls(config, tokenizer).to(dtype or torch.float32)

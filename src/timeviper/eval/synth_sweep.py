@@ -51,6 +51,7 @@ from timeviper.errors import ConfigError, TimeViperError
 from timeviper.eval import runner
 from timeviper.eval.metrics import score
 from timeviper.grounding import SearchConfig
+from timeviper.model import TimeViperConfig
 from timeviper.shots import ShotConfig
 from timeviper.synth import make_item, make_video, split_range
 from timeviper.synth.world import MIN_SIZE, NEEDLE_MIN_FRAMES, check_int
@@ -270,8 +271,9 @@ def print_table(cells: list[dict]) -> None:
               f"{c['n']:>5} {c['seconds_per_item']:>8.3f}")
 
 
-def plot(cells: list[dict], path) -> None:
-    """The headline metric of each task against video length, one line per TransV setting."""
+def plot(cells: list[dict], path, trained_frames: int | None = None):
+    """The headline metric of each task against video length, one line per TransV setting, and a dotted line at
+    `trained_frames` (the most frames of one video the model was trained on), saved to `path`; returns the Figure."""
     from matplotlib.figure import Figure  # no pyplot: the figure renders through Agg
 
     tasks = list(dict.fromkeys(c["task"] for c in cells))
@@ -281,6 +283,8 @@ def plot(cells: list[dict], path) -> None:
             points = sorted((c["frames"], c["metrics"][HEADLINE[task]]) for c in cells
                             if c["task"] == task and c["transv"] == setting)
             ax.plot(*zip(*points), marker="o", label=setting)
+        if trained_frames is not None:
+            ax.axvline(trained_frames, color="gray", linestyle=":", label=f"trained on ≤ {trained_frames:,} frames")
         ax.set(title=task, xscale="log", xlabel="video length (frames at 1 fps)", ylabel=HEADLINE[task],
                ylim=(-0.02, 1.02))
         lengths = sorted({c["frames"] for c in cells if c["task"] == task})
@@ -289,6 +293,7 @@ def plot(cells: list[dict], path) -> None:
         ax.legend(fontsize="small")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print_table(cells)
     if args.plot:
-        plot(cells, args.plot)
+        plot(cells, args.plot, TimeViperConfig.from_pretrained(args.model).trained_frames)
     return 0
 
 
