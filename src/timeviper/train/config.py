@@ -265,7 +265,7 @@ class DataConfig:
 
     def most_frames(self) -> int:
         """The most frames one sample of these datasets can hold: max_frames, or fewer where every video of a
-        synthetic task is shorter (or read a shot of at most shot_frames frames)."""
+        synthetic task is shorter or is read as shots of at most shot_frames frames."""
         def most(d: DatasetConfig) -> int:
             if d.synth is None:
                 return self.max_frames
