@@ -4,6 +4,7 @@ import pytest
 
 from timeviper.errors import ConfigError
 from timeviper.eval import (
+    accuracy_interval,
     caption_event_f1,
     caption_scene_f1,
     load_records,
@@ -68,6 +69,27 @@ def test_mcq_accuracy():
     assert mcq_accuracy(["A", None, "C", "D"], ["A", "B", "C", "A"]) == 0.5
     with pytest.raises(ConfigError):
         mcq_accuracy([], [])
+
+
+@pytest.mark.parametrize("right, n", [(1, 4), (29, 30), (54, 60), (300, 1000)])
+def test_accuracy_interval_is_where_the_score_test_accepts(right, n):
+    # Wilson's bounds are the p at which the score test's statistic (p_hat - p)^2 / (p (1 - p) / n) equals z^2
+    z, p_hat = 1.96, right / n
+    low, high = accuracy_interval(right, n)
+    assert 0 < low < p_hat < high < 1
+    for p in (low, high):
+        assert (p_hat - p) ** 2 / (p * (1 - p) / n) == pytest.approx(z * z)
+    assert accuracy_interval(n - right, n) == pytest.approx((1 - high, 1 - low))  # symmetric in right and wrong
+
+
+def test_accuracy_interval_at_all_or_none_right_and_bad_counts():
+    assert accuracy_interval(30, 30) == pytest.approx((30 / (30 + 1.96**2), 1))  # 30 of 30 shows 0.89, not 0.99
+    assert accuracy_interval(0, 30) == pytest.approx((0, 1.96**2 / (30 + 1.96**2)))
+    assert all(accuracy_interval(n, n)[1] == 1 and accuracy_interval(0, n)[0] == 0 for n in range(1, 200))
+    assert accuracy_interval(30, 30, z=2.576)[0] < accuracy_interval(30, 30)[0]  # 99% reaches lower
+    for right, n in ((31, 30), (-1, 30), (0, 0)):
+        with pytest.raises(ConfigError, match="no interval"):
+            accuracy_interval(right, n)
 
 
 def test_named_option():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_eval_runner import model_dir  # noqa: F401 (a fixture)
 
-from timeviper.eval import runner
+from timeviper.eval import accuracy_interval, runner
 from timeviper.eval.synth_sweep import main, plot
 from timeviper.model import TimeViper
 from timeviper.synth import make_item, make_video, render_frames, write_mp4
@@ -62,9 +62,21 @@ def test_every_cell_is_written_with_paired_seeds(model_dir, tmp_path, calls, cap
 def test_the_plot_marks_the_most_frames_the_model_was_trained_on(tmp_path):
     cells = [{"transv": "default", "task": "mcq", "frames": n, "metrics": {"accuracy": a}}
              for n, a in ((16, 1), (1000, 0.5))]
-    labels = [plot(cells, tmp_path / f"{marked}.png", marked).axes[0].get_legend_handles_labels()[1]
+    labels = [sorted(plot(cells, tmp_path / f"{marked}.png", marked).axes[0].get_legend_handles_labels()[1])
               for marked in (256, None)]
     assert labels == [["default", "trained on ≤ 256 frames"], ["default"]]
+
+
+def test_the_plot_bars_each_accuracy_with_its_interval_and_nothing_else(tmp_path):
+    cells = [{"transv": "default", "task": task, "frames": frames, "n": 30, "metrics": {metric: 29 / 30}}
+             for task, metric in (("needle", "accuracy"), ("tvg", "miou")) for frames in (1000, 10000)]
+    needle, tvg = plot(cells, tmp_path / "sweep.png").axes
+    (bars,) = needle.containers
+    low, high = accuracy_interval(29, 30)
+    ends = [y for segment in bars.lines[2][0].get_segments() for y in segment[:, 1]]  # (bottom, top) at 1k, 10k
+    assert ends == pytest.approx([low, high] * 2)
+    assert "95%" in needle.get_ylabel() and tvg.get_ylabel() == "miou"
+    assert [container.has_yerr for container in tvg.containers] == [False]
 
 
 def test_frames_are_those_load_video_decodes_from_the_items_mp4(model_dir, tmp_path, calls):

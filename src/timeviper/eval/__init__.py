@@ -1,6 +1,7 @@
 """Evaluation: task metrics and answer parsers."""
 
 from timeviper.eval.metrics import (
+    accuracy_interval,
     caption_event_f1,
     caption_scene_f1,
     load_records,
@@ -15,6 +16,6 @@ from timeviper.eval.metrics import (
 )
 
 __all__ = [
-    "caption_event_f1", "caption_scene_f1", "load_records", "mcq_accuracy", "named_option",
+    "accuracy_interval", "caption_event_f1", "caption_scene_f1", "load_records", "mcq_accuracy", "named_option",
     "parse_option_letter", "parse_time_span", "score", "temporal_iou", "tvg_miou", "tvg_recall",
 ]

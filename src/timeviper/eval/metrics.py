@@ -17,6 +17,7 @@ of (background, object, motion) events).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -92,6 +93,16 @@ def mcq_accuracy(preds: list[str | None], refs: list[str]) -> float:
     """Share of predicted letters that equal the reference letters."""
     _check_pairs(preds, refs)
     return sum(p == r for p, r in zip(preds, refs)) / len(refs)
+
+
+def accuracy_interval(right: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of an accuracy of `right` of `n` (95% by default): unlike p ± z·se it stays inside
+    [0, 1] and is not empty at 0 or n right (30 of 30: 0.89 to 1)."""
+    if not 0 <= right <= n or n < 1:
+        raise ConfigError(f"an accuracy of {right} right of {n} has no interval")
+    p, z2 = right / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))  # (p inside, despite rounding)
 
 
 def tvg_miou(preds: list[tuple[float, float] | None], refs: list[tuple[float, float]]) -> float:

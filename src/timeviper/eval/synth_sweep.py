@@ -49,7 +49,7 @@ from timeviper.cli import logn_arg
 from timeviper.data.synth_source import sample_video
 from timeviper.errors import ConfigError, TimeViperError
 from timeviper.eval import runner
-from timeviper.eval.metrics import score
+from timeviper.eval.metrics import accuracy_interval, score
 from timeviper.grounding import SearchConfig
 from timeviper.model import TimeViperConfig
 from timeviper.shots import ShotConfig
@@ -272,22 +272,30 @@ def print_table(cells: list[dict]) -> None:
 
 
 def plot(cells: list[dict], path, trained_frames: int | None = None):
-    """The headline metric of each task against video length, one line per TransV setting, and a dotted line at
-    `trained_frames` (the most frames of one video the model was trained on), saved to `path`; returns the Figure."""
+    """The headline metric of each task against video length, one line per TransV setting (accuracies with their 95%
+    Wilson intervals, from each cell's `n`), and a dotted line at `trained_frames` (the most frames of one video the
+    model was trained on), saved to `path`; returns the Figure."""
     from matplotlib.figure import Figure  # no pyplot: the figure renders through Agg
 
     tasks = list(dict.fromkeys(c["task"] for c in cells))
     fig = Figure(figsize=(4 * len(tasks), 3.5), layout="constrained")
     for ax, task in zip(fig.subplots(1, len(tasks), squeeze=False)[0], tasks):
-        for setting in dict.fromkeys(c["transv"] for c in cells):
-            points = sorted((c["frames"], c["metrics"][HEADLINE[task]]) for c in cells
-                            if c["task"] == task and c["transv"] == setting)
-            ax.plot(*zip(*points), marker="o", label=setting)
+        metric, mine = HEADLINE[task], [c for c in cells if c["task"] == task]
+        intervals = metric == "accuracy" and all(c.get("n") for c in mine)  # (mIoU and F1 would need item scores)
+        for setting in dict.fromkeys(c["transv"] for c in mine):
+            frames, values, counts = zip(*sorted((c["frames"], c["metrics"][metric], c.get("n")) for c in mine
+                                                 if c["transv"] == setting))
+            bars = None
+            if intervals:
+                lows, highs = zip(*(accuracy_interval(round(v * n), n) for v, n in zip(values, counts)))
+                bars = [[v - low for v, low in zip(values, lows)], [high - v for v, high in zip(values, highs)]]
+            ax.errorbar(frames, values, yerr=bars, marker="o", capsize=3, label=setting)
         if trained_frames is not None:
             ax.axvline(trained_frames, color="gray", linestyle=":", label=f"trained on ≤ {trained_frames:,} frames")
-        ax.set(title=task, xscale="log", xlabel="video length (frames at 1 fps)", ylabel=HEADLINE[task],
+        ax.set(title=task, xscale="log", xlabel="video length (frames at 1 fps)",
+               ylabel=metric + (" (bars: 95% Wilson interval)" if intervals else ""),
                ylim=(-0.02, 1.02))
-        lengths = sorted({c["frames"] for c in cells if c["task"] == task})
+        lengths = sorted({c["frames"] for c in mine})
         ax.set_xticks(lengths, [f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n) for n in lengths])
         ax.minorticks_off()
         ax.legend(fontsize="small")
