@@ -18,7 +18,7 @@ import numpy as np
 
 from timeviper.errors import TimeViperError
 from timeviper.eval.metrics import score
-from timeviper.eval.runner import parse_answer
+from timeviper.eval.runner import answer_record
 from timeviper.eval.synth_sweep import HEADLINE, cell_key, task_item
 
 
@@ -30,8 +30,7 @@ def item_scores(cell: dict, size: int) -> dict[int, float]:
     out = {}
     for seed, raw in zip(cell["seeds"], cell["responses"]):
         _, item = task_item(task, seed, cell["frames"], size)
-        record = {"id": item["id"], **parse_answer(item["task"], raw), "raw": raw}
-        out[seed] = score(item["task"], [record], [item])[metric]
+        out[seed] = score(item["task"], [answer_record(item, raw)], [item])[metric]
     return out
 
 

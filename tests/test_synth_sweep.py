@@ -140,7 +140,7 @@ def test_other_settings_are_refused(model_dir, tmp_path, capsys):
     out, args = tmp_path / "sweep.json", ("--tasks", "mcq", "--frames", "8", "--items", "1", "--transv", "none")
     assert sweep(model_dir, out, *args) == 0
     before = out.read_text()
-    for change, named in [(("--items", "2"), "items 1 -> 2"), (("--seed-offset", "3"), "seed_offset 0 -> 3"),
+    for change, named in [(("--seed-offset", "3"), "seed_offset 0 -> 3"),
                           (("--max-frames", "4"), "max_frames None -> 4"), (("--size", "64"), "size 32 -> 64")]:
         capsys.readouterr()
         assert sweep(model_dir, out, *args, *change) == 1
@@ -148,6 +148,33 @@ def test_other_settings_are_refused(model_dir, tmp_path, capsys):
         assert err.startswith("timeviper: error: ") and err.count("\n") == 1 and named in err and "other settings" in err
     assert main(["--model", str(tmp_path), "--out", str(out), *args]) == 1  # another model, refused before loading
     assert "other settings (model " in capsys.readouterr().err and out.read_text() == before
+
+
+def test_more_items_grow_the_cells_as_a_fresh_sweep_of_as_many_would_be(model_dir, tmp_path, calls, capsys):
+    grown, fresh = tmp_path / "grown.json", tmp_path / "fresh.json"
+    args = ("--tasks", "mcq,tvg", "--frames", "8", "--transv", "default")
+    assert sweep(model_dir, grown, *args, "--items", "2") == 0
+    first = json.loads(grown.read_text())["cells"]
+    assert sweep(model_dir, grown, *args, "--items", "5") == 0
+    assert [item["seed"] for _, item, _ in calls[4:]] == [FIRST_TEST_SEED + i for i in (2, 3, 4)] * 2  # only new ones
+    assert sweep(model_dir, fresh, *args, "--items", "5") == 0
+    timing = ("seconds", "seconds_per_item")
+    one, two = (json.loads(path.read_text()) for path in (grown, fresh))
+    assert one["settings"] == two["settings"] and one["settings"]["items"] == 5
+    assert [{k: v for k, v in c.items() if k not in timing} for c in one["cells"]] == [
+        {k: v for k, v in c.items() if k not in timing} for c in two["cells"]]
+    for before, after in zip(first, one["cells"]):
+        assert after["responses"][:2] == before["responses"] and after["seconds"] >= before["seconds"]
+
+    capsys.readouterr()
+    before = grown.read_text()
+    assert sweep(model_dir, grown, *args, "--items", "3") == 1  # fewer: the cells hold more than asked
+    assert "holds cells of 5 items" in capsys.readouterr().err and grown.read_text() == before
+    edited = json.loads(before)
+    edited["cells"][0]["spec"] = "uni_1_0.5"  # asked with another TransV than the model's own now
+    grown.write_text(json.dumps(edited))
+    assert sweep(model_dir, grown, *args, "--items", "6") == 1
+    assert "cannot be grown" in capsys.readouterr().err
 
 
 def test_logn_length_is_applied_and_recorded(model_dir, tmp_path, calls):

@@ -15,7 +15,7 @@ from timeviper.analysis.sequence import INSTRUCTION, RESPONSE, VISION, greedy, r
 from timeviper.data.synth_source import sample_video, task_prompt
 from timeviper.errors import ConfigError
 from timeviper.eval.metrics import score
-from timeviper.eval.runner import MAX_NEW_TOKENS, parse_answer
+from timeviper.eval.runner import MAX_NEW_TOKENS, answer_record
 from timeviper.eval.synth_sweep import HEADLINE
 
 PAIRS = {"v2i": (INSTRUCTION, VISION), "v2r": (RESPONSE, VISION)}  # name -> (reader group, source group)
@@ -48,7 +48,7 @@ def block_items(model, task: str, items: list, window: int = 1, pairs=tuple(PAIR
             cut = {} if condition is None else {"cut": PAIRS[condition[0]], "layers": spans[condition[1]]}
             answered = greedy(model, prompt, MAX_NEW_TOKENS[task], drops=drops, **cut)
             text = model.tokenizer.decode(answered.response).strip()
-            records[condition].append({"id": item["id"], **parse_answer(task, text), "raw": text})
+            records[condition].append(answer_record(item, text))
             if on_answer is not None:
                 on_answer()
     references = [item for _, item in items]

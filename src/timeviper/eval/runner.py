@@ -53,6 +53,11 @@ def parse_answer(task: str, text: str) -> dict:
     return {"caption": text}
 
 
+def answer_record(item: dict, text: str) -> dict:
+    """The prediction record of `text`, a response to `item`: its `id`, the fields parse_answer reads, and `raw`."""
+    return {"id": item["id"], **parse_answer(item["task"], text), "raw": text}
+
+
 def predict(model, video, item: dict, max_frames: int | None = None, sampling: str = "uniform",
             search=None, shots=None) -> dict:
     """Ask `model` the item's question about `video` (a path, a decoded timeviper.sampling.Video or uint8 frames
@@ -95,7 +100,7 @@ def predict(model, video, item: dict, max_frames: int | None = None, sampling: s
         text = model.generate([(chunks, task_prompt(item))], max_new_tokens=MAX_NEW_TOKENS[item["task"]],
                               progress=count)[0]
         found = {}
-    return {"id": item["id"], **parse_answer(item["task"], text), "raw": text, **found, "frames": frames,
+    return {**answer_record(item, text), **found, "frames": frames,
             "seconds": round(time.perf_counter() - start, 3)}
 
 

@@ -15,7 +15,8 @@ TimeViper.set_transv; the model is loaded afresh for each setting, so trained Tr
 switching.
 
 OUT is JSON, rewritten after each cell, so a rerun with the same OUT skips the cells it holds (its
-settings must match):
+settings must match; a larger --items asks each held cell only the items it lacks, the next seeds, and grows it,
+to narrow its interval):
 
     {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"][, "split"][, "tvg_search"]
                   [, "tvg_shots"][, "caption_shots"][, "instruction_before_video"]},
@@ -188,23 +189,31 @@ def answerer(args, setting: str, before: bool | None):
         yield (lambda items: pool.map(_worker_predict, items)), pool.submit(_worker_spec).result()
 
 
-def run_cell(answer, spec_in_effect: str, task: str, frames: int, args, bar) -> dict:
-    """The metrics and timings of one (task, length) under the TransV spec in effect."""
+def run_cell(answer, spec_in_effect: str, task: str, frames: int, args, bar, held: dict | None = None) -> dict:
+    """The metrics and timings of one (task, length) under the TransV spec in effect; with `held`, a cell of the
+    same key asked about fewer items, only the items it lacks are asked, and the cell returned holds them all."""
     items = sweep_items(task, frames, args.items, args.seed_offset, args.size, args.split)
-    records = []
-    for record in answer(items):
+    held = held or {"spec": spec_in_effect, "seeds": [], "responses": [], "seconds": 0.0, "frames_per_item": 0.0}
+    n_held = len(held["seeds"])
+    if held["seeds"] != [item["seed"] for _, item in items[:n_held]] or held["spec"] != spec_in_effect:
+        raise ConfigError(f"the cell {task} {frames} of --out (TransV {held['spec']}, seeds from {held['seeds'][:1]}) "
+                          f"is not the start of this one (TransV {spec_in_effect}): it cannot be grown")
+    records = [runner.answer_record(item, raw) for (_, item), raw in zip(items, held["responses"])]
+    for record in answer(items[n_held:]):
         records.append(record)
         bar.update()
-    seconds = sum(r["seconds"] for r in records)
+    new = records[n_held:]
+    seconds = held["seconds"] + sum(r["seconds"] for r in new)
     return {"spec": spec_in_effect, "task": task, "frames": frames, "n": len(records),
             "metrics": score(items[0][1]["task"], records, [item for _, item in items]),
             "seconds": round(seconds, 3), "seconds_per_item": round(seconds / len(records), 3),
-            "frames_per_item": sum(r["frames"] for r in records) / len(records),
+            "frames_per_item": (held["frames_per_item"] * n_held + sum(r["frames"] for r in new)) / len(records),
             "seeds": [item["seed"] for _, item in items], "responses": [r["raw"] for r in records]}
 
 
 def load_results(path: Path, settings: dict) -> dict:
-    """The sweep file at `path` (or a new one), refused if it was made with other settings."""
+    """The sweep file at `path` (or a new one), refused if it was made with other settings; more `items` than it
+    was made with are not other settings: its cells are grown to that many (the file then says so)."""
     if not path.exists():
         return {"settings": settings, "cells": []}
     try:
@@ -215,10 +224,15 @@ def load_results(path: Path, settings: dict) -> dict:
             and isinstance(results.get("cells"), list)):
         raise ConfigError(f"--out {path} is not a sweep file (it lacks settings or cells)")
     old = results["settings"]
-    if old != settings:
-        changed = ", ".join(f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in settings if old.get(k) != settings[k])
+    if {**old, "items": settings["items"]} != settings:
+        changed = ", ".join(f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in settings
+                            if k != "items" and old.get(k) != settings[k])
         raise ConfigError(f"--out {path} holds a sweep with other settings ({changed or old}); "
                           "use those settings or another --out")
+    if not isinstance(old.get("items"), int) or old["items"] > settings["items"]:
+        raise ConfigError(f"--out {path} holds cells of {old.get('items')!r} items: ask as many (or more, which "
+                          "grows them) or use another --out")
+    results["settings"] = settings
     return results
 
 
@@ -249,15 +263,20 @@ def sweep(args) -> list[dict]:
     results = load_results(out, settings)
     found = {cell_key(cell): cell for cell in results["cells"]}
     grid = list(itertools.product(transv, tasks, lengths))
-    todo = [key for key in grid if key not in found]
+    todo = [key for key in grid if key not in found or found[key]["n"] < args.items]
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=len(todo) * args.items, unit="item", file=sys.stderr) as bar:
+    with tqdm(total=sum(args.items - found[key]["n"] if key in found else args.items for key in todo),
+              unit="item", file=sys.stderr) as bar:
         for setting, keys in itertools.groupby(todo, key=lambda key: key[0]):
             with answerer(args, setting, settings.get("instruction_before_video")) as (answer, spec):
                 for key in keys:
                     bar.set_description(" ".join(map(str, key)))
-                    found[key] = {"transv": setting, **run_cell(answer, spec, *key[1:], args, bar)}
-                    results["cells"].append(found[key])
+                    cell = {"transv": setting, **run_cell(answer, spec, *key[1:], args, bar, found.get(key))}
+                    if key in found:  # grown: in place of the cell it grew from
+                        results["cells"][results["cells"].index(found[key])] = cell
+                    else:
+                        results["cells"].append(cell)
+                    found[key] = cell
                     runner.write_atomic(out, json.dumps(results, indent=1) + "\n")
             del answer  # and with it this setting's model, before the next setting's is loaded
     return [found[key] for key in grid]
@@ -310,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="a TimeViper directory (default: the embedded model)")
     parser.add_argument("--tasks", default="mcq,tvg,caption,needle", help="comma list of mcq, tvg, caption, needle")
     parser.add_argument("--frames", default="256,2000,10000", help="comma list of video lengths in seconds (1 fps)")
-    parser.add_argument("--items", type=int, default=20, help="items per (task, length)")
+    parser.add_argument("--items", type=int, default=20,
+                        help="items per (task, length); more than the cells of --out hold grows them")
     parser.add_argument("--split", choices=("test", "validation"), default="test",
                         help="seeds to ask about: test (report) or validation (choose settings on these)")
     parser.add_argument("--seed-offset", type=int, default=0, help="first seed: the split's start + this")
