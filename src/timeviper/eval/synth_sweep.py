@@ -196,7 +196,7 @@ def run_cell(answer, spec_in_effect: str, task: str, frames: int, args, bar, hel
     held = held or {"spec": spec_in_effect, "seeds": [], "responses": [], "seconds": 0.0, "frames_per_item": 0.0}
     n_held = len(held["seeds"])
     if held["seeds"] != [item["seed"] for _, item in items[:n_held]] or held["spec"] != spec_in_effect:
-        raise ConfigError(f"the cell {task} {frames} of --out (TransV {held['spec']}, seeds from {held['seeds'][:1]}) "
+        raise ConfigError(f"the cell {task} {frames} of --out (TransV {held['spec']}, seeds from {held['seeds'][0]}) "
                           f"is not the start of this one (TransV {spec_in_effect}): it cannot be grown")
     records = [runner.answer_record(item, raw) for (_, item), raw in zip(items, held["responses"])]
     for record in answer(items[n_held:]):
