@@ -12,7 +12,8 @@
 #                    EMBEDDED_DATA: YAML lists of datasets (files, concatenated) in place of the config's mix, e.g.
 #                    configs/embedded-motion-only.yaml; EMBEDDED_SET: more overrides), then export it in bf16
 #                    to OUT/embedded, with its metrics and a profile of steps 6-8; EMBEDDED_VISION_STEPS=N
-#                    first pretrains the vision front on labelled frames for N steps (timeviper.synth.pretrain_vision)
+#                    first pretrains the vision front on labelled frames for N steps (timeviper.synth.pretrain_vision;
+#                    EMBEDDED_VISION_ARGS: more of its options, e.g. "--token-loss --needle-share 0.25 --anchor 10")
 #   embedded-sweep   the shipped (or SWEEP_MODEL) model's quality by video length on the GPU, cells written as they
 #                    finish: SWEEP_TASKS (default needle), SWEEP_FRAMES (1000,10000,100000), SWEEP_ITEMS (30),
 #                    SWEEP_TRANSV (default), SWEEP_LOGN (the model's own logn attention length; none or N),
@@ -53,7 +54,7 @@ for step in "$@"; do
       from=${EMBEDDED_FROM:-src/timeviper/assets/embedded}
       if [ -n "${EMBEDDED_VISION_STEPS:-}" ]; then
         timeout 240 python3 -m timeviper.synth.pretrain_vision --model "$from" --out /tmp/embedded-vision \
-          --steps "$EMBEDDED_VISION_STEPS" --workers 12 --seed "$EMBEDDED_SEED" || exit 1
+          --steps "$EMBEDDED_VISION_STEPS" --workers 12 --seed "$EMBEDDED_SEED" ${EMBEDDED_VISION_ARGS:-} || exit 1
         cp /tmp/embedded-vision/vision_pretraining.json "$out/"
         from=/tmp/embedded-vision
       fi

@@ -1,5 +1,5 @@
 """scripts/fresh_lm.py, scripts/paired_bootstrap.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions
-and binding labels, scripts/probe_captions.py, scripts/probe_needles.py's summary,
+and binding labels, scripts/probe_captions.py, scripts/probe_needles.py's summary, scripts/probe_needle_tokens.py,
 and the data lists that gpu_suite.sh's embedded step takes in place of a config's mix."""
 
 import json
@@ -222,3 +222,20 @@ def test_paired_bootstrap_scores_each_item_and_bounds_the_difference(tmp_path, c
     base.write_text(json.dumps(stripped))
     assert bootstrap.main([str(new), str(base)]) == 1
     assert "holds no responses" in capsys.readouterr().err
+
+
+def test_needle_token_probe_measures_how_far_apart_the_dotted_tokens_lie():
+    separation = load_script("probe_needle_tokens").separation
+    g = torch.Generator().manual_seed(0)
+
+    def normal(n):  # (fitted, held-out) tokens [n, 8]
+        return tuple(torch.randn(n, 8, generator=g, dtype=torch.float64) for _ in range(2))
+
+    others, alike = normal(4000), normal(2000)
+    shift = torch.zeros(8, dtype=torch.float64)
+    shift[3] = 6.0  # six standard deviations along one axis: the dotted tokens stand apart
+    apart = tuple(x + shift for x in alike)
+    far, same = separation(apart, others, 0.001), separation(alike, others, 0.001)
+    assert 5.5 < far["fisher"] < 6.5 and far["detected"] > 0.9
+    assert abs(same["fisher"]) < 0.2 and same["detected"] < 0.01
+    assert far["dotted_tokens"] == 2000 and far["other_tokens"] == 4000
