@@ -60,13 +60,17 @@ def frame_labels(spec: VideoSpec, t: int) -> tuple[int, int, float, float]:
     return (ALL_BACKGROUNDS.index(scene.background), OBJECTS.index(actor.obj), *actor.center(t))
 
 
+def random_video(rng: np.random.Generator, seeds: range, size: int, shortest: int = VIDEO_FRAMES[0]) -> VideoSpec:
+    """A video of a random seed of `seeds` and a random length from `shortest` to VIDEO_FRAMES[1] frames."""
+    seed, frames = int(rng.integers(seeds.start, seeds.stop)), int(rng.integers(shortest, VIDEO_FRAMES[1] + 1))
+    return make_video(seed, frames, size)
+
+
 def needle_video(rng: np.random.Generator, seeds: range, size: int) -> VideoSpec:
     """A random video of `seeds` that holds a needle scene (half of those long enough do)."""
-    lo, hi = max(VIDEO_FRAMES[0], NEEDLE_MIN_FRAMES), VIDEO_FRAMES[1]
-    while True:
-        spec = make_video(int(rng.integers(seeds.start, seeds.stop)), int(rng.integers(lo, hi + 1)), size)
-        if spec.needle is not None:
-            return spec
+    while (spec := random_video(rng, seeds, size, max(VIDEO_FRAMES[0], NEEDLE_MIN_FRAMES))).needle is None:
+        pass
+    return spec
 
 
 def frame_batch(rng: np.random.Generator, seeds: range, frames: int, size: int,
@@ -75,13 +79,12 @@ def frame_batch(rng: np.random.Generator, seeds: range, frames: int, size: int,
     probability `needle_share`: (uint8 [frames, size, size, 3], classes int64 [frames, 2] (background, object),
     centres float32 [frames, 2])."""
     images, classes, centres = [], [], []
-    lo, hi = VIDEO_FRAMES
     for _ in range(math.ceil(frames / FRAMES_PER_VIDEO)):
         if needle_share and rng.random() < needle_share:
             spec = needle_video(rng, seeds, size)
             times = rng.integers(spec.needle.start, spec.needle.end, FRAMES_PER_VIDEO)
         else:
-            spec = make_video(int(rng.integers(seeds.start, seeds.stop)), int(rng.integers(lo, hi + 1)), size)
+            spec = random_video(rng, seeds, size)
             times = rng.integers(0, spec.frames, FRAMES_PER_VIDEO)
         for t in times.tolist():
             images.append(render_frames(spec, t, t + 1)[0])
