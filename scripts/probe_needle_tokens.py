@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from timeviper.errors import TimeViperError
 from timeviper.model import TimeViper
 from timeviper.synth.pretrain_vision import ALL_BACKGROUNDS, frame_batch, vision_tokens
 from timeviper.synth.render import BACKGROUND_RGB
@@ -39,6 +41,30 @@ def separation(dotted: tuple[torch.Tensor, torch.Tensor], others: tuple[torch.Te
             "dotted_tokens": len(dotted_test), "other_tokens": len(rest)}
 
 
+def probe(models: dict[str, TimeViper], args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
+    """model name -> background colour -> separation of its dotted tokens, on frames drawn as `args` says."""
+    frames, classes, _ = frame_batch(np.random.default_rng(args.seed), split_range("validation"), args.frames, 64,
+                                     args.needle_share)
+    pattern, colour = np.array([background_parts(ALL_BACKGROUNDS[b]) for b in classes[:, 0].tolist()]).T
+    dotted, fit = pattern == NEEDLE_PATTERN, np.arange(len(frames)) < len(frames) // 2
+    for c in BACKGROUND_RGB:
+        for kind, mask in (("dotted", dotted), ("other", ~dotted)):
+            if min((mask & (colour == c) & part).sum() for part in (fit, ~fit)) < 2:
+                raise TimeViperError(f"too few {kind} {c} frames in half of {args.frames} to fit and score on: "
+                                     f"raise --frames or --needle-share")
+    results = {}
+    for name, model in models.items():
+        with torch.no_grad():
+            tokens = torch.cat([vision_tokens(model, chunk) for chunk in frames.split(1000)]).double()  # [F, N, D]
+
+        def split(mask):  # tokens [n, D] of the masked frames, (fitted, held-out)
+            return tuple(tokens[torch.from_numpy(mask & part)].flatten(0, 1) for part in (fit, ~fit))
+
+        results[name] = {c: separation(split(dotted & (colour == c)), split(~dotted & (colour == c)), args.false_alarm)
+                         for c in BACKGROUND_RGB}
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="TimeViper directories, or `embedded` for the shipped model")
@@ -48,25 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", help="a JSON file for the results")
     args = parser.parse_args(argv)
-
-    frames, classes, _ = frame_batch(np.random.default_rng(args.seed), split_range("validation"), args.frames, 64,
-                                     args.needle_share)
-    pattern, colour = np.array([background_parts(ALL_BACKGROUNDS[b]) for b in classes[:, 0].tolist()]).T
-    fit = np.arange(len(frames)) < len(frames) // 2
-    results = {}
-    for name in args.models:
-        model = TimeViper.from_pretrained(None if name == "embedded" else name, torch.float32, "cpu").eval()
-        with torch.no_grad():
-            tokens = torch.cat([vision_tokens(model, chunk) for chunk in frames.split(1000)]).double()  # [F, N, D]
-        results[name] = {}
-        for c in BACKGROUND_RGB:
-            def split(mask):
-                return tuple(tokens[torch.from_numpy(mask & part)].flatten(0, 1) for part in (fit, ~fit))
-            dotted = pattern == NEEDLE_PATTERN
-            results[name][c] = separation(split(dotted & (colour == c)), split(~dotted & (colour == c)),
-                                          args.false_alarm)
+    if args.frames < 2 or not 0 < args.needle_share <= 1 or not 0 < args.false_alarm < 1:
+        parser.error("--frames must be at least 2, --needle-share in (0, 1] and --false-alarm in (0, 1)")
+    try:
+        models = {name: TimeViper.from_pretrained(None if name == "embedded" else name, torch.float32, "cpu").eval()
+                  for name in args.models}
+        results = probe(models, args)
+    except TimeViperError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for name, by_colour in results.items():
         print(name)
-        for c, r in results[name].items():
+        for c, r in by_colour.items():
             print(f"  {c:6s} Fisher ratio {r['fisher']:5.2f}   dotted tokens detected at a false alarm rate of "
                   f"{args.false_alarm}: {r['detected']:.3f}   ({r['dotted_tokens']} / {r['other_tokens']} tokens)")
     if args.out:

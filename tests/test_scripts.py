@@ -239,3 +239,12 @@ def test_needle_token_probe_measures_how_far_apart_the_dotted_tokens_lie():
     assert 5.5 < far["fisher"] < 6.5 and far["detected"] > 0.9
     assert abs(same["fisher"]) < 0.2 and same["detected"] < 0.01
     assert far["dotted_tokens"] == 2000 and far["other_tokens"] == 4000
+
+
+def test_needle_token_probe_names_a_missing_model_or_too_few_frames(tmp_path, capsys):
+    probe = load_script("probe_needle_tokens")
+    out = tmp_path / "tokens.json"
+    assert probe.main([str(tmp_path / "missing"), "--out", str(out)]) == 1
+    assert "has no config.json" in capsys.readouterr().err
+    assert probe.main(["embedded", "--frames", "16", "--out", str(out)]) == 1
+    assert "too few" in capsys.readouterr().err and not out.exists()
