@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_eval_runner import model_dir  # noqa: F401 (a fixture)
 
-from timeviper.eval import accuracy_interval, runner
+from timeviper.eval import accuracy_interval, runner, synth_sweep
 from timeviper.eval.synth_sweep import main, plot
 from timeviper.model import TimeViper
 from timeviper.synth import make_item, make_video, render_frames, write_mp4
@@ -175,6 +175,35 @@ def test_more_items_grow_the_cells_as_a_fresh_sweep_of_as_many_would_be(model_di
     grown.write_text(json.dumps(edited))
     assert sweep(model_dir, grown, *args, "--items", "6") == 1
     assert "cannot be grown" in capsys.readouterr().err
+
+
+def test_a_sweep_stopped_mid_cell_keeps_its_answers_and_a_rerun_finishes_the_cell(model_dir, tmp_path, calls,
+                                                                                  monkeypatch):
+    stopped, fresh = tmp_path / "stopped.json", tmp_path / "fresh.json"
+    args = ("--tasks", "mcq", "--frames", "8", "--transv", "default", "--items", "5")
+    monkeypatch.setattr(synth_sweep, "SAVE_EVERY_S", 0.0)
+    real = runner.predict
+
+    def stop_at_the_fourth(*a, **kw):
+        if len(calls) == 3:  # three answered
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runner, "predict", stop_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(model_dir, stopped, *args)
+    (cell,) = json.loads(stopped.read_text())["cells"]
+    assert cell["n"] == cell["metrics"]["n"] == 3 and cell["seeds"] == [FIRST_TEST_SEED + i for i in range(3)]
+
+    monkeypatch.setattr(runner, "predict", real)
+    calls.clear()
+    assert sweep(model_dir, stopped, *args) == 0
+    assert [item["seed"] for _, item, _ in calls] == [FIRST_TEST_SEED + 3, FIRST_TEST_SEED + 4]  # only the rest
+    assert sweep(model_dir, fresh, *args) == 0
+    timing = ("seconds", "seconds_per_item")
+    one, two = (json.loads(path.read_text()) for path in (stopped, fresh))
+    assert [{k: v for k, v in c.items() if k not in timing} for c in one["cells"]] == [
+        {k: v for k, v in c.items() if k not in timing} for c in two["cells"]]
 
 
 def test_logn_length_is_applied_and_recorded(model_dir, tmp_path, calls):

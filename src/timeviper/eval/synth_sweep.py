@@ -14,9 +14,10 @@ in memory at 1 fps, exactly those load_video would decode from the item's MP4, w
 TimeViper.set_transv; the model is loaded afresh for each setting, so trained TransV weights are never lost by
 switching.
 
-OUT is JSON, rewritten after each cell, so a rerun with the same OUT skips the cells it holds (its
-settings must match; a larger --items asks each held cell only the items it lacks, the next seeds, and grows it,
-to narrow its interval):
+OUT is JSON, rewritten after each cell and every half minute within one, so a sweep stopped mid-cell keeps the
+items it answered (such a cell's `n` is below the settings' `items`), and a rerun with the same OUT skips the cells
+it holds and finishes the one it stopped in (its settings must match; a larger --items asks each held cell only
+the items it lacks, the next seeds, and grows it, to narrow its interval):
 
     {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"][, "split"][, "tvg_search"]
                   [, "tvg_shots"][, "caption_shots"][, "instruction_before_video"]},
@@ -42,6 +43,7 @@ import json
 import multiprocessing
 import os
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -59,6 +61,7 @@ from timeviper.synth.world import MIN_SIZE, NEEDLE_MIN_FRAMES, check_int
 from timeviper.transv import parse_transv
 
 HEADLINE = {"mcq": "accuracy", "needle": "accuracy", "tvg": "miou", "caption": "scene_f1"}  # task -> metric
+SAVE_EVERY_S = 30.0  # a cell's answers so far are written to OUT at least this often
 
 
 def parse_list(text: str, flag: str) -> list[str]:
@@ -189,9 +192,11 @@ def answerer(args, setting: str, before: bool | None):
         yield (lambda items: pool.map(_worker_predict, items)), pool.submit(_worker_spec).result()
 
 
-def run_cell(answer, spec_in_effect: str, task: str, frames: int, args, bar, held: dict | None = None) -> dict:
+def run_cell(answer, spec_in_effect: str, task: str, frames: int, args, bar, held: dict | None = None,
+             save=None) -> dict:
     """The metrics and timings of one (task, length) under the TransV spec in effect; with `held`, a cell of the
-    same key asked about fewer items, only the items it lacks are asked, and the cell returned holds them all."""
+    same key asked about fewer items, only the items it lacks are asked, and the cell returned holds them all.
+    `save(cell)` is given the cell of the items answered so far every SAVE_EVERY_S seconds."""
     items = sweep_items(task, frames, args.items, args.seed_offset, args.size, args.split)
     held = held or {"spec": spec_in_effect, "seeds": [], "responses": [], "seconds": 0.0, "frames_per_item": 0.0}
     n_held = len(held["seeds"])
@@ -199,16 +204,24 @@ def run_cell(answer, spec_in_effect: str, task: str, frames: int, args, bar, hel
         raise ConfigError(f"the cell {task} {frames} of --out (TransV {held['spec']}, seeds from {held['seeds'][0]}) "
                           f"is not the start of this one (TransV {spec_in_effect}): it cannot be grown")
     records = [runner.answer_record(item, raw) for (_, item), raw in zip(items, held["responses"])]
+
+    def cell() -> dict:  # of the items answered so far
+        asked, new = [item for _, item in items[:len(records)]], records[n_held:]
+        seconds = held["seconds"] + sum(r["seconds"] for r in new)
+        return {"spec": spec_in_effect, "task": task, "frames": frames, "n": len(records),
+                "metrics": score(asked[0]["task"], records, asked),
+                "seconds": round(seconds, 3), "seconds_per_item": round(seconds / len(records), 3),
+                "frames_per_item": (held["frames_per_item"] * n_held + sum(r["frames"] for r in new)) / len(records),
+                "seeds": [item["seed"] for item in asked], "responses": [r["raw"] for r in records]}
+
+    saved = time.monotonic()
     for record in answer(items[n_held:]):
         records.append(record)
         bar.update()
-    new = records[n_held:]
-    seconds = held["seconds"] + sum(r["seconds"] for r in new)
-    return {"spec": spec_in_effect, "task": task, "frames": frames, "n": len(records),
-            "metrics": score(items[0][1]["task"], records, [item for _, item in items]),
-            "seconds": round(seconds, 3), "seconds_per_item": round(seconds / len(records), 3),
-            "frames_per_item": (held["frames_per_item"] * n_held + sum(r["frames"] for r in new)) / len(records),
-            "seeds": [item["seed"] for _, item in items], "responses": [r["raw"] for r in records]}
+        if save is not None and time.monotonic() - saved >= SAVE_EVERY_S:
+            save(cell())
+            saved = time.monotonic()
+    return cell()
 
 
 def load_results(path: Path, settings: dict) -> dict:
@@ -271,13 +284,17 @@ def sweep(args) -> list[dict]:
             with answerer(args, setting, settings.get("instruction_before_video")) as (answer, spec):
                 for key in keys:
                     bar.set_description(" ".join(map(str, key)))
-                    cell = {"transv": setting, **run_cell(answer, spec, *key[1:], args, bar, found.get(key))}
-                    if key in found:  # grown: in place of the cell it grew from
-                        results["cells"][results["cells"].index(found[key])] = cell
-                    else:
-                        results["cells"].append(cell)
-                    found[key] = cell
-                    runner.write_atomic(out, json.dumps(results, indent=1) + "\n")
+
+                    def keep(cell: dict, key=key) -> None:  # write OUT with `cell` in place of key's
+                        cell = {"transv": key[0], **cell}
+                        if key in found:  # grown or finished: in place of the cell it grew from
+                            results["cells"][results["cells"].index(found[key])] = cell
+                        else:
+                            results["cells"].append(cell)
+                        found[key] = cell
+                        runner.write_atomic(out, json.dumps(results, indent=1) + "\n")
+
+                    keep(run_cell(answer, spec, *key[1:], args, bar, found.get(key), save=keep))
             del answer  # and with it this setting's model, before the next setting's is loaded
     return [found[key] for key in grid]
 
