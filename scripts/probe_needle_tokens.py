@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {c:6s} Fisher ratio {r['fisher']:5.2f}   dotted tokens detected at a false alarm rate of "
                   f"{args.false_alarm}: {r['detected']:.3f}   ({r['dotted_tokens']} / {r['other_tokens']} tokens)")
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"settings": vars(args), "results": results}, indent=1) + "\n")
     return 0
 
