@@ -89,7 +89,7 @@ def test_blend_mixes_shared_weights_and_keeps_grown_blocks(tmp_path):
         torch.testing.assert_close(mixed[new_name], 0.25 * own[new_name] + 0.75 * old[old_name])
     for name in ("llm.layers.9.mixer.in_proj.weight", "llm.layers.10.mixer.o_proj.weight"):  # grown: kept
         assert torch.equal(mixed[name], own[name]), name
-    assert blended.config.extra["blend"] == {"alpha": 0.25, "base": "embedded", "inserts": ["9:M*-"]}
+    assert blended.config.extra["blend"] == {"alpha": 0.25, "base": "embedded", "inserts": ["9:M*-"], "kept": []}
     assert blended.config.transv == tuned.config.transv == shipped.config.transv.replace(
         f"attn_{guided}_", f"attn_{guided + 3}_")
 
@@ -100,6 +100,20 @@ def test_blend_mixes_shared_weights_and_keeps_grown_blocks(tmp_path):
     assert not torch.allclose(logits[0], logits[1], atol=1e-3)
     back = blend(moved, shipped, 0.0)  # alpha 0: the base's answers
     torch.testing.assert_close(back.prefill(frame_chunks(video), item["question"])[1], logits[1])
+
+
+def test_blend_keeps_the_tuned_weights_under_a_kept_prefix():
+    shipped = TimeViper.from_pretrained(None, torch.float32)
+    tuned = trained_further(TimeViper.from_pretrained(None, torch.float32), seed=3)
+    own = {k: v.clone() for k, v in tuned.state_dict().items()}
+    mixed = blend(tuned, shipped, 0.5, keep=("vision.", "projector.")).state_dict()
+    old = shipped.state_dict()
+    for name in ("vision.model.embeddings.patch_embedding.weight", "projector.mlp.0.weight"):
+        assert torch.equal(mixed[name], own[name]), name
+    name = "llm.layers.4.mixer.in_proj.weight"
+    torch.testing.assert_close(mixed[name], 0.5 * own[name] + 0.5 * old[name])
+    with pytest.raises(ConfigError, match="no weight's name starts with 'visoin.'"):
+        blend(tuned, shipped, 0.5, keep=("visoin.",))
 
 
 @pytest.mark.parametrize("args, error", [

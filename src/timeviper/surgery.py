@@ -87,10 +87,12 @@ def grow(model: TimeViper, inserts: dict[int, str], seed: int = 0) -> TimeViper:
     return grown.eval()
 
 
-def blend(tuned: TimeViper, base: TimeViper, alpha: float, inserts: dict[int, str] | None = None) -> TimeViper:
+def blend(tuned: TimeViper, base: TimeViper, alpha: float, inserts: dict[int, str] | None = None,
+          keep: tuple[str, ...] = ()) -> TimeViper:
     """`tuned` with each weight it shares with `base` set to alpha * tuned + (1 - alpha) * base, in place.
 
-    `inserts`: the blocks grown into base before tuned was trained from it (as given to grow); they are kept.
+    `inserts`: the blocks grown into base before tuned was trained from it (as given to grow); they are kept, as are
+    the weights whose names start with one of `keep` (e.g. ("vision.", "projector.") for a new vision front).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
@@ -106,8 +108,12 @@ def blend(tuned: TimeViper, base: TimeViper, alpha: float, inserts: dict[int, st
         if name not in own or own[name].shape != weight.shape:
             raise ConfigError(f"the base's {name} {tuple(weight.shape)} has no counterpart in the tuned model "
                               f"({tuple(own[name].shape) if name in own else 'missing'})")
+    unmatched = [prefix for prefix in keep if not any(name.startswith(prefix) for name in shared)]
+    if unmatched:
+        raise ConfigError(f"no weight's name starts with {unmatched[0]!r} (kept prefixes name weights such as "
+                          f"{next(iter(shared))!r})")
     with torch.no_grad():
         for name, weight in shared.items():
-            if own[name].is_floating_point():
+            if own[name].is_floating_point() and not name.startswith(keep):
                 own[name].lerp_(weight.to(own[name].dtype), 1.0 - alpha)
     return tuned
