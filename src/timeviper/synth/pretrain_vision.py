@@ -140,8 +140,8 @@ def anchor_loss(tokens: Tensor, reference: Tensor, classes: Tensor) -> Tensor:
     kept = ~IS_NEEDLE_BACKGROUND.to(classes.device)[classes[:, 0]]
     if not kept.any():
         return tokens.sum() * 0
-    change = (tokens[kept].float() - reference[kept].float()).square().sum(-1).mean()
-    return change / reference[kept].float().square().sum(-1).mean()
+    held = reference[kept].float()
+    return (tokens[kept].float() - held).square().sum(-1).mean() / held.square().sum(-1).mean()
 
 
 @torch.no_grad()
