@@ -1,8 +1,9 @@
 """scripts/fresh_lm.py, scripts/paired_bootstrap.py, scripts/probe_selection.py, scripts/probe_motion.py's confusions
 and binding labels, scripts/probe_captions.py, scripts/probe_needles.py's summary, scripts/probe_needle_tokens.py,
-and the data lists that gpu_suite.sh's embedded step takes in place of a config's mix."""
+scripts/probe_mamba_memory.py, and the data lists that gpu_suite.sh's embedded step takes in place of a config's mix."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from timeviper import TimeViper
+from timeviper.train.build import tiny_model
 from timeviper.train.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,3 +250,42 @@ def test_needle_token_probe_names_a_missing_model_or_too_few_frames(tmp_path, ca
     assert "has no config.json" in capsys.readouterr().err
     assert probe.main(["embedded", "--frames", "16", "--out", str(out)]) == 1
     assert "too few" in capsys.readouterr().err and not out.exists()
+
+
+def test_mamba_memory_counts_the_tokens_an_input_outlives_as_a_naive_product_does():
+    memory = load_script("probe_mamba_memory").memory
+    g = torch.Generator().manual_seed(0)
+    log_decay = -torch.rand(60, 4, generator=g) * torch.tensor([0.01, 0.1, 1.0, 5.0])  # [T, H] slow to fast heads
+    log_decay[20:40, 1] = 0.0  # a stretch where head 1 neither forgets nor writes
+    got = memory(log_decay, 0.01)
+    for h in range(4):
+        for t in range(60):
+            s, kept = t, 1.0  # the input of step s is kept exp(log_decay[s + 1] + ... + log_decay[t]) at t
+            while s > 0 and kept * math.exp(log_decay[s, h]) >= 0.01:
+                kept *= math.exp(log_decay[s, h])
+                s -= 1
+            assert got[t, h] == t - s, (t, h)
+    means = got.double().mean(0)
+    assert got[:, 0].max() == 59 and got[39, 1] >= 19 and means[1] > means[2] > means[3]
+
+
+def test_mamba_memory_probe_reads_every_mamba_layer_of_a_prompt(tmp_path, capsys):
+    probe = load_script("probe_mamba_memory")
+    out = tmp_path / "memory.json"
+    assert probe.main(["--task", "mcq", "--frames", "8", "--items", "1", "--out", str(out)]) == 0
+    layers = json.loads(out.read_text())["layers"]
+    model = TimeViper.from_pretrained(None, torch.float32)
+    assert len(layers) == model.config.llm.pattern.count("M")
+    for row in layers.values():
+        assert len(row["max"]) == model.config.llm.mamba_num_heads
+        assert 0 <= min(row["median"]) and max(row["max"]) < row["tokens_seen"][0]
+    assert layers["llm.layers.0.mixer"]["tokens_seen"][0] > layers["llm.layers.4.mixer"]["tokens_seen"][0]  # TransV
+    assert probe.main(["--model", str(tmp_path / "missing")]) == 1
+    assert "has no config.json" in capsys.readouterr().err
+    attention_only = {"llm": {"hidden_size": 32, "pattern": "*-*-", "num_heads": 2, "num_kv_heads": 1, "head_dim": 16,
+                              "intermediate_size": 64},
+                      "vision": {"image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1,
+                                 "num_attention_heads": 2, "intermediate_size": 32}, "tokens_per_frame": 4}
+    tiny_model(attention_only, None).save_pretrained(tmp_path / "transformer")
+    assert probe.main(["--model", str(tmp_path / "transformer"), "--task", "mcq", "--frames", "8"]) == 1
+    assert "has no Mamba layers" in capsys.readouterr().err
