@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from attention_reference import naive_attention
 
 from timeviper.errors import CheckpointError, ConfigError
 from timeviper.llm import HybridLM, LMConfig
@@ -13,15 +14,6 @@ from timeviper.transv import TransV, TransVSpec
 CFG = LMConfig(vocab_size=61, hidden_size=32, pattern="M-*-M*-", num_heads=4, num_kv_heads=2, head_dim=8,
                intermediate_size=48, mamba_num_heads=4, mamba_head_dim=8, mamba_groups=2, ssm_state_size=8,
                chunk_size=4)
-
-
-def naive_attention(q, k, v, scale, mask):
-    """q [H, m, D], k v [H, n, D], scale [m], mask [m, n] -> [H, m, D], one query at a time."""
-    out = torch.zeros_like(q)
-    for i in range(q.shape[1]):
-        logits = scale[i] * (k[:, mask[i]] @ q[:, i, :, None])[..., 0] / math.sqrt(q.shape[-1])  # [H, n_i]
-        out[:, i] = (logits.softmax(-1)[..., None] * v[:, mask[i]]).sum(1)
-    return out
 
 
 def test_logn_scale_is_one_within_the_length_then_log_ratio():

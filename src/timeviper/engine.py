@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from timeviper.llm import Cache, HybridLM
+from timeviper.llm.attention import VideoQueries
 from timeviper.transv import TransV, attention_drop, attention_logits, attention_scores, uniform_drop
 
 
@@ -31,14 +32,19 @@ class Chunk:
 
 
 def prefill(llm: HybridLM, transv: dict[int, TransV], prefix: Tensor, vision: Iterable[Tensor],
-            instruction: Tensor, cache: Cache, progress=None) -> Tensor:
+            instruction: Tensor, cache: Cache, progress=None, window: int | None = None,
+            top_k: int | None = None) -> Tensor:
     """Prefill one request into `cache` (batch 1) and return the logits [1, V] of its last token.
 
     prefix [1, s, C] and instruction [1, m, C] are embedded text; `vision` yields chunks [1, n, C].
-    `progress(tokens)` is called as vision tokens enter the LLM.
+    `progress(tokens)` is called as vision tokens enter the LLM. `window` (positions): vision tokens attend to
+    the prefix and the last `window` positions only (attention.VideoQueries); None: to everything before them.
+    The instruction reads everything before it; with `top_k`, TransV's transfers into it read only each
+    instruction token's top_k dropped tokens (as the LLM's attention does when its modules' `top_k` is set).
     """
     start_position = int(cache.next_position[0])
     counter = {"next": start_position}
+    video = VideoQueries(start_position + prefix.shape[1], window)
 
     def with_positions(h: Tensor, is_vision: bool) -> Chunk:
         pos = torch.arange(counter["next"], counter["next"] + h.shape[1], device=h.device)[None]
@@ -58,15 +64,16 @@ def prefill(llm: HybridLM, transv: dict[int, TransV], prefix: Tensor, vision: It
         memories: dict[int, list[tuple[Tensor, Tensor]]] = {l: [] for l in uniform}
         seen_vision = {l: 0 for l in uniform}  # vision tokens present at layer l so far
         for chunk in stream:
-            chunk = _through(llm, chunk, start, stop, uniform, memories, seen_vision, cache)
+            chunk = _through(llm, chunk, start, stop, uniform, memories, seen_vision, cache, video)
             if not last_stage:
                 kept.append(chunk)
         if instruction_chunk is None:  # the instruction's positions come after every vision token
             instruction_chunk = with_positions(instruction, False)
-        instruction_chunk = _instruction_through(llm, instruction_chunk, start, stop, uniform, memories, cache)
+        instruction_chunk = _instruction_through(llm, instruction_chunk, start, stop, uniform, memories, cache,
+                                                 top_k)
         if last_stage:
             break
-        stream = _select_and_transfer(llm, transv[stop], stop, kept, instruction_chunk)
+        stream = _select_and_transfer(llm, transv[stop], stop, kept, instruction_chunk, top_k)
     cache.next_position += counter["next"] - start_position
     _, logits = llm.head(instruction_chunk.h, num_logits=1)
     return logits[:, -1]
@@ -80,11 +87,12 @@ def _source(prefix: Tensor, vision: Iterable[Tensor], with_positions) -> Iterato
 
 
 def _through(llm, chunk: Chunk, start: int, stop: int, uniform: dict[int, TransV], memories, seen_vision,
-             cache) -> Chunk:
+             cache, video: VideoQueries) -> Chunk:
     """One chunk through layers [start, stop), dropping vision tokens at the uniform TransV layers."""
     h, pos, layer = chunk.h, chunk.positions, start
+    video = video if chunk.is_vision else None
     for l, module in uniform.items():
-        h = llm.run_layers(h, layer, l, pos, cache=cache)
+        h = llm.run_layers(h, layer, l, pos, cache=cache, video=video)
         layer = l
         if chunk.is_vision:
             drop = uniform_drop(seen_vision[l], h.shape[1], module.spec.p, h.device)
@@ -92,11 +100,11 @@ def _through(llm, chunk: Chunk, start: int, stop: int, uniform: dict[int, TransV
             if module.spec.transfers and drop.any():
                 memories[l].append(module.memory(h[0, drop]))
             h, pos = h[:, ~drop], pos[:, ~drop]
-    h = llm.run_layers(h, layer, stop, pos, cache=cache)
+    h = llm.run_layers(h, layer, stop, pos, cache=cache, video=video)
     return Chunk(h, pos, chunk.is_vision)
 
 
-def _instruction_through(llm, chunk: Chunk, start, stop, uniform, memories, cache) -> Chunk:
+def _instruction_through(llm, chunk: Chunk, start, stop, uniform, memories, cache, top_k) -> Chunk:
     h, layer = chunk.h, start
     for l, module in uniform.items():
         h = llm.run_layers(h, layer, l, chunk.positions, cache=cache)
@@ -105,12 +113,13 @@ def _instruction_through(llm, chunk: Chunk, start, stop, uniform, memories, cach
             k = torch.cat([m[0] for m in memories[l]], dim=1)
             v = torch.cat([m[1] for m in memories[l]], dim=1)
             memories[l].clear()
-            h = h + module.delta(h[0], k, v, positions=chunk.positions)[None]
+            h = h + module.delta(h[0], k, v, positions=chunk.positions, top_k=top_k)[None]
     h = llm.run_layers(h, layer, stop, chunk.positions, cache=cache)
     return Chunk(h, chunk.positions, False)
 
 
-def _select_and_transfer(llm, module: TransV, layer: int, kept: list[Chunk], instruction: Chunk) -> list[Chunk]:
+def _select_and_transfer(llm, module: TransV, layer: int, kept: list[Chunk], instruction: Chunk,
+                         top_k: int | None) -> list[Chunk]:
     """Attention-guided TransV at `layer`: drop the least attended vision tokens, transfer, return the rest."""
     block = llm.layers[layer]
     query_h, query_pos = instruction.h[:, -1:], instruction.positions[:, -1:]
@@ -135,7 +144,7 @@ def _select_and_transfer(llm, module: TransV, layer: int, kept: list[Chunk], ins
             out.append(Chunk(c.h[:, ~d], c.positions[:, ~d], True))
     if ks:
         instruction.h = instruction.h + module.delta(instruction.h[0], torch.cat(ks, 1), torch.cat(vs, 1),
-                                                     positions=instruction.positions)[None]
+                                                     positions=instruction.positions, top_k=top_k)[None]
     return out
 
 

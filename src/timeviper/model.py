@@ -48,6 +48,8 @@ class TimeViperConfig:
     time_period: float | None = None  # frame-time embedding's longest period in seconds (None: off, as the paper)
     instruction_before_video: bool = False  # the instruction also before the video (see encode_conversation)
     trained_frames: int | None = None  # the most frames of one video any training run gave it (None: not recorded)
+    video_window: int | None = None  # frames a vision token attends back to at inference (None: the whole video)
+    read_top_k: int | None = None  # keys each text token reads per head at inference (None: all)
     extra: dict = field(default_factory=dict)  # free-form (e.g. the training recipe), kept on save
 
     def __post_init__(self):
@@ -55,18 +57,23 @@ class TimeViperConfig:
         check_time_period(self.time_period)
         if not isinstance(self.instruction_before_video, bool):
             raise ConfigError(f"instruction_before_video must be true or false, got {self.instruction_before_video!r}")
-        if self.trained_frames is not None and (type(self.trained_frames) is not int or self.trained_frames < 1):
-            raise ConfigError(f"trained_frames must be a number of frames >= 1 or null, got {self.trained_frames!r}")
+        for name, unit in (("trained_frames", "frames"), ("video_window", "frames"), ("read_top_k", "keys")):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ConfigError(f"{name} must be a number of {unit} >= 1 or null, got {value!r}")
 
     def to_dict(self) -> dict:
         # written only when set, so that configs of the paper's layout stay as they were
         timed = {} if self.time_period is None else {"time_period": self.time_period}
         asked_first = {"instruction_before_video": True} if self.instruction_before_video else {}
         trained = {} if self.trained_frames is None else {"trained_frames": self.trained_frames}
+        windowed = {} if self.video_window is None else {"video_window": self.video_window}
+        top_k = {} if self.read_top_k is None else {"read_top_k": self.read_top_k}
         return {"model_type": "timeviper", "llm": config_to_hf(self.llm, torch.float32), "vision": self.vision,
                 "tokens_per_frame": self.tokens_per_frame, "transv": self.transv,
                 "chat_template": self.chat_template, "system_prompt": self.system_prompt,
-                "feature_layer": self.feature_layer, **timed, **asked_first, **trained, "extra": self.extra}
+                "feature_layer": self.feature_layer, **timed, **asked_first, **trained, **windowed,
+                **top_k, "extra": self.extra}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "TimeViperConfig":
@@ -74,7 +81,8 @@ class TimeViperConfig:
             raise CheckpointError(f"config.json has model_type {raw.get('model_type')!r}, expected 'timeviper' "
                                   "(to start from a SigLIP and an LLM directory, use TimeViper.from_parts)")
         keys = ("tokens_per_frame", "transv", "chat_template", "system_prompt", "feature_layer", "time_period",
-                "instruction_before_video", "trained_frames", "extra")
+                "instruction_before_video", "trained_frames", "video_window", "read_top_k",
+                "extra")
         try:
             return cls(llm=config_from_hf(raw["llm"]), vision=raw["vision"], **{k: raw[k] for k in keys if k in raw})
         except (KeyError, TypeError) as e:
@@ -107,6 +115,7 @@ class TimeViper(nn.Module):
                                    config.time_period)
         self.llm = HybridLM(config.llm)
         self.transv = nn.ModuleDict({str(s.layer): TransV(config.llm, s) for s in parse_transv(config.transv)})
+        self.set_read_top_k(config.read_top_k)
         self.train_shares: tuple[float, float] | None = None  # training: uniform TransV's p drawn per sample
         self.evidence_attention: EvidenceAttention | None = None  # training: see timeviper.evidence
         self.extra_losses: dict[str, Tensor] = {}  # training: the last forward_train's added terms (summed, detached)
@@ -143,6 +152,27 @@ class TimeViper(nn.Module):
         self.llm.set_logn_attention(length)
         for module in self.transv.values():
             module.logn_length = length
+
+    def set_video_window(self, frames: int | None) -> None:
+        """Let each vision token attend to the prompt before the video and to the last `frames` frames only (None:
+        the whole video before it), so that past the training length the video is read as training read it,
+        while the instruction still reads it whole (see llm.attention.LocalWindow). Set to the training length,
+        videos within it are read exactly as without."""
+        if frames is not None and (type(frames) is not int or frames < 1):
+            raise ConfigError(f"the video window must be a number of frames >= 1 or None, got {frames!r}")
+        self.config.video_window = frames
+
+    def set_read_top_k(self, keys: int | None) -> None:
+        """Let each token after the video (instruction and answer) attend to only its `keys` best-scoring keys per
+        head, in the LLM's attention and TransV's transfers (None: to all), so that a video far longer than
+        training's does not spread its softmax over a crowd training never showed (see
+        llm.attention.top_k_attention). Videos with fewer keys than `keys` are read exactly as without."""
+        if keys is not None and (type(keys) is not int or keys < 1):
+            raise ConfigError(f"read_top_k must be a number of keys >= 1 or None, got {keys!r}")
+        self.config.read_top_k = keys
+        for block in self.llm.layers:
+            if block.kind == "attention":
+                block.mixer.top_k = keys
 
     def set_time_period(self, period: float | None) -> None:
         """Give the projector a frame-time embedding of longest period `period` seconds (None: take it away).
@@ -343,8 +373,10 @@ class TimeViper(nn.Module):
         ids = torch.tensor(enc.ids, device=self.device)[None]
         embed = self.llm.embed_tokens(ids)
         cache = self.llm.new_cache(1)
+        window = self.config.video_window
         logits = engine.prefill(self.llm, self.transv_layers, embed[:, :enc.vision_at], vision,
-                                embed[:, enc.vision_at:], cache)
+                                embed[:, enc.vision_at:], cache, window=None if window is None else
+                                window * self.config.tokens_per_frame, top_k=self.config.read_top_k)
         return cache, logits
 
     @torch.inference_mode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,44 @@ def logn_scale(positions: Tensor, length: int) -> Tensor:
     return ((positions + 1).float().log() / math.log(length)).clamp(min=1.0)
 
 
+@dataclass(frozen=True)
+class VideoQueries:
+    """Marks a call whose queries are video tokens (of one row, in prefill); the video begins at position `start`.
+
+    With a `window`, each attends to the keys before `start` (the prompt before the video) and to those of the
+    last `window` positions up to its own: within `start + window` positions that is plain causal attention;
+    past it a token's context and its softmax's crowd stay the size training showed, however long the video.
+    Queries that are not video tokens (the text after the video) read the whole video either way.
+    """
+
+    start: int
+    window: int | None = None
+
+    def logn_positions(self, positions: Tensor) -> Tensor:
+        """The positions to logn-scale by: a windowed query spans `start + window` positions at most."""
+        return positions if self.window is None else positions.clamp(max=self.start + self.window - 1)
+
+    def mask(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
+        """[T] and [L] long -> bool [T, L], True where the query sees the key (`window` set)."""
+        q, k = query_positions[:, None], key_positions[None, :]
+        return (k <= q) & ((k < self.start) | (k > q - self.window))
+
+
+def top_k_attention(q: Tensor, k: Tensor, v: Tensor, top_k: int, mask: Tensor) -> Tensor:
+    """Each query attends to its `top_k` highest-scoring visible keys only (per head).
+
+    q [B, H, T, D]; k, v [B, Hkv, L, D]; mask bool, broadcastable to [B, 1, 1, T, L] (True: visible) -> [B, H, T, D].
+    Scores in float32; [B, H, T, L] of them are held at once, so T should be small (the text after a video).
+    """
+    groups = q.shape[1] // k.shape[1]
+    qg = q.float().unflatten(1, (k.shape[1], groups))  # [B, Hkv, G, T, D]
+    scores = (qg @ k.float()[:, :, None].transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [B, Hkv, G, T, L]
+    scores = scores.masked_fill(~mask, -torch.inf)
+    top = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
+    kept = torch.full_like(scores, -torch.inf).scatter_(-1, top.indices, top.values)
+    return (kept.softmax(-1) @ v.float()[:, :, None]).flatten(1, 2).to(q.dtype)  # [B, H, T, D]
+
+
 def _varlen_flash(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_len: int) -> Tensor:
     """Flash attention over packed sequences (CUDA). q [1, H, T, D]; k, v [1, Hkv, T, D]."""
     from torch.nn.attention.varlen import varlen_attn
@@ -68,6 +107,7 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.rope_theta, self.logn_length = cfg.rope_theta, cfg.logn_attention_length
+        self.top_k: int | None = None  # keys a query after the video reads at inference (None: all; see forward)
         self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=cfg.attention_bias)
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
@@ -76,7 +116,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
-    def qkv(self, x: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def qkv(self, x: Tensor, positions: Tensor | None, video: VideoQueries | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, T, C] -> q [B, H, T, D], k and v [B, Hkv, T, D] (normed, rotated, q logn-scaled)."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)
@@ -88,17 +128,26 @@ class Attention(nn.Module):
         if self.rope_theta is not None:
             q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
         if self.logn_length is not None:
-            q = q * logn_scale(positions, self.logn_length)[:, None, :, None].to(q.dtype)
+            scaled = positions if video is None else video.logn_positions(positions)
+            q = q * logn_scale(scaled, self.logn_length)[:, None, :, None].to(q.dtype)
         return q, k, v
 
     def forward(self, x: Tensor, positions: Tensor | None = None, cu_seqlens: Tensor | None = None,
-                state: KVCache | None = None) -> Tensor:
+                state: KVCache | None = None, video: VideoQueries | None = None) -> Tensor:
+        """x [B, T, C] -> [B, T, C]. With `state` (inference), `video` marks video tokens (see VideoQueries), and
+        the other queries read only their `top_k` best keys when it is set (None: all)."""
         b, t, _ = x.shape
-        q, k, v = self.qkv(x, positions)
-        if state is not None:
+        q, k, v = self.qkv(x, positions, video)
+        if video is not None and video.window is not None:
+            out = _windowed(q, k, v, positions[0], state, video)
+        elif state is not None:
             past = state.length
-            k, v, key_mask = state.append(k, v)
-            if key_mask is not None:  # one new token per row, rows of different lengths
+            k, v, key_mask = state.append(k, v, positions)
+            if video is None and self.top_k is not None and k.shape[2] > self.top_k:
+                if key_mask is None:  # causal, aligned to the bottom-right corner
+                    key_mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - t)
+                out = top_k_attention(q, k, v, self.top_k, key_mask[:, :, None] if key_mask.ndim == 4 else key_mask)
+            elif key_mask is not None:  # one new token per row, rows of different lengths
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, enable_gqa=True)
             elif past == 0 or t == 1:  # plain causal, or one token that sees everything before it
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=past == 0 and t > 1, enable_gqa=True)
@@ -110,3 +159,17 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+def _windowed(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, state: KVCache, video: VideoQueries) -> Tensor:
+    """A chunk of video tokens of one row (positions [T], increasing) appended to `state`, attending within
+    `video.window`. Only the prompt's keys and those from the chunk's first window on are read, so a long video
+    costs O(T * window)."""
+    keys, values, _ = state.append(k, v, positions[None])
+    key_positions = state.positions[0, : state.length]  # [L], increasing
+    prompt = int(torch.searchsorted(key_positions, video.start))
+    first = max(prompt, int(torch.searchsorted(key_positions, positions[:1] - video.window + 1)))
+    keys = torch.cat([keys[:, :, :prompt], keys[:, :, first:]], dim=2)  # [1, Hkv, L', D]
+    values = torch.cat([values[:, :, :prompt], values[:, :, first:]], dim=2)
+    mask = video.mask(positions, torch.cat([key_positions[:prompt], key_positions[first:]]))  # [T, L']
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)

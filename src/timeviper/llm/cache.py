@@ -24,15 +24,16 @@ class MambaState:
 
 
 class KVCache:
-    """Keys and values of one attention layer, [B, Hkv, capacity, D], grown geometrically.
+    """Keys and values of one attention layer, [B, Hkv, capacity, D], grown geometrically, and the position id of
+    each key, [B, capacity] long (read by local video attention, see attention.LocalWindow).
 
     `length` is the longest row; `lengths` ([B] long) is set only when rows differ (after `stack`) or
     the cache is `static`: then every step attends over the whole capacity under a mask, so a decoding
     step has fixed shapes and can be captured in a CUDA graph.
     """
 
-    def __init__(self, k: Tensor, v: Tensor, length: int = 0, lengths: Tensor | None = None):
-        self.k, self.v, self.length, self.lengths = k, v, length, lengths
+    def __init__(self, k: Tensor, v: Tensor, positions: Tensor, length: int = 0, lengths: Tensor | None = None):
+        self.k, self.v, self.positions, self.length, self.lengths = k, v, positions, length, lengths
         self.static = False
 
     @classmethod
@@ -40,7 +41,8 @@ class KVCache:
         """An empty cache with room for `capacity` tokens. Storage is zeroed: masked slots are still read
         (0 * NaN would poison the attention output)."""
         shape = (batch, kv_heads, capacity, head_dim)
-        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device),
+                   torch.zeros(batch, capacity, dtype=torch.long, device=device))
 
     @property
     def capacity(self) -> int:
@@ -55,9 +57,12 @@ class KVCache:
         self.v = v.new_zeros(self.k.shape)
         self.k[:, :, : self.length] = k[:, :, : self.length]
         self.v[:, :, : self.length] = v[:, :, : self.length]
+        positions, self.positions = self.positions, self.positions.new_zeros(k.shape[0], capacity)
+        self.positions[:, : self.length] = positions[:, : self.length]
 
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Add k, v [B, Hkv, T, D]; return all keys and values so far and a key mask [B,1,1,L] or None.
+    def append(self, k: Tensor, v: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Add k, v [B, Hkv, T, D] at position ids [B, T] (None: not needed); return all keys and values so far and
+        a key mask [B,1,1,L] or None.
 
         With rows of different lengths only one token at a time may be added (decoding).
         """
@@ -68,6 +73,8 @@ class KVCache:
         if self.lengths is None:
             self.k[:, :, self.length : needed] = k
             self.v[:, :, self.length : needed] = v
+            if positions is not None:
+                self.positions[:, self.length : needed] = positions
             self.length = needed
             return self.k[:, :, :needed], self.v[:, :, :needed], None
         if t != 1:
@@ -75,6 +82,8 @@ class KVCache:
         rows = torch.arange(k.shape[0], device=k.device)
         self.k[rows, :, self.lengths] = k[:, :, 0]
         self.v[rows, :, self.lengths] = v[:, :, 0]
+        if positions is not None:
+            self.positions[rows, self.lengths] = positions[:, 0]
         self.lengths.add_(1)  # in place: a captured graph replays on the same tensor
         self.length = needed
         span = self.capacity if self.static else needed
@@ -97,6 +106,7 @@ class KVCache:
         for row, c in enumerate(caches):
             out.k[row, :, : c.length] = c.k[0, :, : c.length]
             out.v[row, :, : c.length] = c.v[0, :, : c.length]
+            out.positions[row, : c.length] = c.positions[0, : c.length]
         out.length = max(lengths)
         if len(set(lengths)) > 1:
             out.lengths = torch.tensor(lengths, device=ref.device)
@@ -138,7 +148,7 @@ class Cache:
         total = 0
         for c in self.layers:
             if isinstance(c, KVCache):
-                total += c.k.nbytes + c.v.nbytes
+                total += c.k.nbytes + c.v.nbytes + c.positions.nbytes
             elif isinstance(c, MambaState):
                 total += c.conv.nbytes + c.ssm.nbytes
         return total

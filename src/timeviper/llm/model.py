@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from timeviper.llm.attention import Attention
+from timeviper.llm.attention import Attention, VideoQueries
 from timeviper.llm.cache import Cache, KVCache
 from timeviper.llm.config import LMConfig, check_logn_length
 from timeviper.llm.layers import MLP, RMSNorm
@@ -24,8 +24,8 @@ class Block(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.mixer = MIXER_CLASSES[kind](cfg)
 
-    def forward(self, x: Tensor, positions=None, cu_seqlens=None, state=None) -> Tensor:
-        return x + self.mixer(self.norm(x), positions=positions, cu_seqlens=cu_seqlens, state=state)
+    def forward(self, x: Tensor, positions=None, cu_seqlens=None, state=None, video=None) -> Tensor:
+        return x + self.mixer(self.norm(x), positions=positions, cu_seqlens=cu_seqlens, state=state, video=video)
 
 
 @dataclass
@@ -65,13 +65,14 @@ class HybridLM(nn.Module):
         return offset.expand(batch, -1) if cache is None else cache.next_position[:, None] + offset
 
     def run_layers(self, h: Tensor, start: int, stop: int, positions: Tensor | None = None,
-                   cu_seqlens: Tensor | None = None, cache: Cache | None = None) -> Tensor:
+                   cu_seqlens: Tensor | None = None, cache: Cache | None = None,
+                   video: VideoQueries | None = None) -> Tensor:
         """h [B, T, C] through layers[start:stop]; with no tokens (T = 0: a chunk TransV dropped whole) nothing
-        runs and caches stay as they are."""
+        runs and caches stay as they are. `video`: h holds video tokens (prefill of one row; see VideoQueries)."""
         if not h.shape[1]:
             return h
         for i in range(start, stop):
-            h = self.layers[i](h, positions, cu_seqlens, None if cache is None else cache.layers[i])
+            h = self.layers[i](h, positions, cu_seqlens, None if cache is None else cache.layers[i], video)
         return h
 
     def head(self, h: Tensor, num_logits: int | None = None) -> tuple[Tensor, Tensor]:
