@@ -31,11 +31,11 @@ def selection_probe(tokens_per_frame: int, rescore=None):
     among; `rescore(scores, frames)`, if given, replaces the scores the selection acts on."""
     seen, select, drop = {}, engine._select_and_transfer, engine.attention_drop
 
-    def recording_select(llm, module, layer, kept, instruction, *rest):
+    def recording_select(llm, module, layer, kept, instruction):
         first = max(int(c.positions.max()) for c in kept if not c.is_vision) + 1  # the first vision token
         positions = torch.cat([c.positions[0] for c in kept if c.is_vision])
         seen["frames"] = torch.div(positions - first, tokens_per_frame, rounding_mode="floor")
-        return select(llm, module, layer, kept, instruction, *rest)
+        return select(llm, module, layer, kept, instruction)
 
     def recording_drop(scores, p, sample=None):
         seen["scores"] = scores.detach().float().clone()

@@ -53,6 +53,7 @@ def test_score(tmp_path, capsys):
         (["ground", "the red circle moves left"], {"start", "end", "frames", "seconds"}),
         (["caption"], {"caption", "frames", "seconds"}),
         (["caption", "--logn-length", "8"], {"caption", "frames", "seconds"}),
+        (["ask", "What is shown?", "--video-window", "2"], {"answer", "frames", "seconds"}),
     ],
 )
 def test_questions_print_one_json_object(capsys, model_dir, video, argv, keys):
@@ -104,6 +105,7 @@ def test_errors_are_one_line_and_exit_1(capsys, tmp_path, model_dir, video, argv
 @pytest.mark.parametrize("argv", [[], ["ask"], ["synth", "--task", "qa", "--seed", "1", "--frames", "2", "--out", "x"],
                                   ["eval", "synth-mcq"], ["train"], ["caption", "v.mp4", "--logn-length", "1"],
                                   ["ask", "v.mp4", "What?", "--logn-length", "long"],
+                                  ["ask", "v.mp4", "What?", "--video-window", "0"],
                                   ["export", "run", "--out", "m", "--logn-length", "none"]])
 def test_usage_errors_exit_2(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:

@@ -217,6 +217,15 @@ def test_logn_length_is_applied_and_recorded(model_dir, tmp_path, calls):
     assert sweep(model_dir, out, *args, "--logn-length", "none") == 1  # another setting: refused
 
 
+def test_the_video_window_is_applied_and_recorded(model_dir, tmp_path, calls):
+    out = tmp_path / "sweep.json"
+    assert sweep(model_dir, out, "--tasks", "mcq", "--frames", "8", "--items", "1", "--transv", "default",
+                 "--video-window", "4") == 0
+    assert json.loads(out.read_text())["settings"]["video_window"] == 4
+    ((model, _, _),) = calls
+    assert model.config.video_window == 4
+
+
 def test_instruction_before_video_is_applied_and_recorded(model_dir, tmp_path, calls):
     out = tmp_path / "sweep.json"
     args = ("--tasks", "mcq", "--frames", "8", "--items", "1", "--transv", "default")

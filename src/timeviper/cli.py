@@ -29,8 +29,8 @@ def load_model(args):
     model = TimeViper.from_pretrained(args.model, dtype=dtype, device=device)
     if args.transv is not None:
         model.set_transv(args.transv)
-    for name, setter in (("logn_length", model.set_logn_attention), ("video_window", model.set_video_window),
-                         ("read_top_k", model.set_read_top_k)):  # long_video_args; absent: the model's own
+    # long_video_args (absent: the model's own settings)
+    for name, setter in (("logn_length", model.set_logn_attention), ("video_window", model.set_video_window)):
         if getattr(args, name, "default") != "default":
             setter(getattr(args, name))
     return model
@@ -49,28 +49,23 @@ def logn_length(text: str) -> int | None | str:
     return token_length(text)
 
 
-def count_or_all(unit: str):
-    """An argparse type: a number of `unit` >= 1, 'all' (None) or 'default'."""
-    def parse(text: str) -> int | None | str:
-        if text in ("all", "default"):
-            return None if text == "all" else text
-        if not text.isdecimal() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"expected a number of {unit} >= 1 or 'all', got {text!r}")
-        return int(text)
-    return parse
+def frames_or_all(text: str) -> int | None | str:
+    """A number of frames >= 1, 'all' (None) or 'default'."""
+    if text in ("all", "default"):
+        return None if text == "all" else text
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of frames >= 1 or 'all', got {text!r}")
+    return int(text)
 
 
 def long_video_args(p: argparse.ArgumentParser) -> None:
-    """How videos longer than training's are read: logn attention, the video window and the text's top-k keys."""
+    """How videos longer than training's are read: logn attention and the video window."""
     p.add_argument("--logn-length", type=logn_length, default="default", metavar="N|none|default",
                    help="scale attention past N tokens (log n / log N) for videos longer than training's; "
                         "default: the model's own setting")
-    p.add_argument("--video-window", type=count_or_all("frames"), default="default", metavar="N|all|default",
+    p.add_argument("--video-window", type=frames_or_all, default="default", metavar="N|all|default",
                    help="vision tokens attend to the last N frames only (all: the whole video before them); the "
                         "instruction still reads the whole video; default: the model's own setting")
-    p.add_argument("--read-top-k", type=count_or_all("keys"), default="default", metavar="K|all|default",
-                   help="the text after the video attends to its K best keys per head only (all: to every key); "
-                        "default: the model's own setting")
 
 
 def answer(args, instruction: str, past_training: str = "") -> tuple[str, int, float]:
@@ -323,7 +318,7 @@ def shot_args(p: argparse.ArgumentParser, what: str) -> None:
                    help="with --shots: share of pixels that must change between two frames for a cut (default 0.2)")
     p.add_argument("--min-shot-frames", type=int, default=1,
                    help="with --shots: no shot has fewer frames; nearer cuts are dropped (default 1)")
-    p.add_argument("--shot-frames", type=count_or_all("frames"), default="default", metavar="N|all",
+    p.add_argument("--shot-frames", type=frames_or_all, default="default", metavar="N|all",
                    help="with --shots: frames of a shot read at most, spread evenly (default: timeviper.shots."
                         "ShotConfig's, 32)")
 

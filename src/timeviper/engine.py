@@ -32,15 +32,13 @@ class Chunk:
 
 
 def prefill(llm: HybridLM, transv: dict[int, TransV], prefix: Tensor, vision: Iterable[Tensor],
-            instruction: Tensor, cache: Cache, progress=None, window: int | None = None,
-            top_k: int | None = None) -> Tensor:
+            instruction: Tensor, cache: Cache, progress=None, window: int | None = None) -> Tensor:
     """Prefill one request into `cache` (batch 1) and return the logits [1, V] of its last token.
 
     prefix [1, s, C] and instruction [1, m, C] are embedded text; `vision` yields chunks [1, n, C].
     `progress(tokens)` is called as vision tokens enter the LLM. `window` (positions): vision tokens attend to
     the prefix and the last `window` positions only (attention.VideoQueries); None: to everything before them.
-    The instruction reads everything before it; with `top_k`, TransV's transfers into it read only each
-    instruction token's top_k dropped tokens (as the LLM's attention does when its modules' `top_k` is set).
+    The instruction reads everything before it either way.
     """
     start_position = int(cache.next_position[0])
     counter = {"next": start_position}
@@ -69,11 +67,10 @@ def prefill(llm: HybridLM, transv: dict[int, TransV], prefix: Tensor, vision: It
                 kept.append(chunk)
         if instruction_chunk is None:  # the instruction's positions come after every vision token
             instruction_chunk = with_positions(instruction, False)
-        instruction_chunk = _instruction_through(llm, instruction_chunk, start, stop, uniform, memories, cache,
-                                                 top_k)
+        instruction_chunk = _instruction_through(llm, instruction_chunk, start, stop, uniform, memories, cache)
         if last_stage:
             break
-        stream = _select_and_transfer(llm, transv[stop], stop, kept, instruction_chunk, top_k)
+        stream = _select_and_transfer(llm, transv[stop], stop, kept, instruction_chunk)
     cache.next_position += counter["next"] - start_position
     _, logits = llm.head(instruction_chunk.h, num_logits=1)
     return logits[:, -1]
@@ -104,7 +101,7 @@ def _through(llm, chunk: Chunk, start: int, stop: int, uniform: dict[int, TransV
     return Chunk(h, pos, chunk.is_vision)
 
 
-def _instruction_through(llm, chunk: Chunk, start, stop, uniform, memories, cache, top_k) -> Chunk:
+def _instruction_through(llm, chunk: Chunk, start, stop, uniform, memories, cache) -> Chunk:
     h, layer = chunk.h, start
     for l, module in uniform.items():
         h = llm.run_layers(h, layer, l, chunk.positions, cache=cache)
@@ -113,13 +110,12 @@ def _instruction_through(llm, chunk: Chunk, start, stop, uniform, memories, cach
             k = torch.cat([m[0] for m in memories[l]], dim=1)
             v = torch.cat([m[1] for m in memories[l]], dim=1)
             memories[l].clear()
-            h = h + module.delta(h[0], k, v, positions=chunk.positions, top_k=top_k)[None]
+            h = h + module.delta(h[0], k, v, positions=chunk.positions)[None]
     h = llm.run_layers(h, layer, stop, chunk.positions, cache=cache)
     return Chunk(h, chunk.positions, False)
 
 
-def _select_and_transfer(llm, module: TransV, layer: int, kept: list[Chunk], instruction: Chunk,
-                         top_k: int | None) -> list[Chunk]:
+def _select_and_transfer(llm, module: TransV, layer: int, kept: list[Chunk], instruction: Chunk) -> list[Chunk]:
     """Attention-guided TransV at `layer`: drop the least attended vision tokens, transfer, return the rest."""
     block = llm.layers[layer]
     query_h, query_pos = instruction.h[:, -1:], instruction.positions[:, -1:]
@@ -144,7 +140,7 @@ def _select_and_transfer(llm, module: TransV, layer: int, kept: list[Chunk], ins
             out.append(Chunk(c.h[:, ~d], c.positions[:, ~d], True))
     if ks:
         instruction.h = instruction.h + module.delta(instruction.h[0], torch.cat(ks, 1), torch.cat(vs, 1),
-                                                     positions=instruction.positions, top_k=top_k)[None]
+                                                     positions=instruction.positions)[None]
     return out
 
 

@@ -49,7 +49,6 @@ class TimeViperConfig:
     instruction_before_video: bool = False  # the instruction also before the video (see encode_conversation)
     trained_frames: int | None = None  # the most frames of one video any training run gave it (None: not recorded)
     video_window: int | None = None  # frames a vision token attends back to at inference (None: the whole video)
-    read_top_k: int | None = None  # keys each text token reads per head at inference (None: all)
     extra: dict = field(default_factory=dict)  # free-form (e.g. the training recipe), kept on save
 
     def __post_init__(self):
@@ -57,10 +56,8 @@ class TimeViperConfig:
         check_time_period(self.time_period)
         if not isinstance(self.instruction_before_video, bool):
             raise ConfigError(f"instruction_before_video must be true or false, got {self.instruction_before_video!r}")
-        for name, unit in (("trained_frames", "frames"), ("video_window", "frames"), ("read_top_k", "keys")):
-            value = getattr(self, name)
-            if value is not None and (type(value) is not int or value < 1):
-                raise ConfigError(f"{name} must be a number of {unit} >= 1 or null, got {value!r}")
+        check_frames("trained_frames", self.trained_frames)
+        check_frames("video_window", self.video_window)
 
     def to_dict(self) -> dict:
         # written only when set, so that configs of the paper's layout stay as they were
@@ -68,12 +65,11 @@ class TimeViperConfig:
         asked_first = {"instruction_before_video": True} if self.instruction_before_video else {}
         trained = {} if self.trained_frames is None else {"trained_frames": self.trained_frames}
         windowed = {} if self.video_window is None else {"video_window": self.video_window}
-        top_k = {} if self.read_top_k is None else {"read_top_k": self.read_top_k}
         return {"model_type": "timeviper", "llm": config_to_hf(self.llm, torch.float32), "vision": self.vision,
                 "tokens_per_frame": self.tokens_per_frame, "transv": self.transv,
                 "chat_template": self.chat_template, "system_prompt": self.system_prompt,
                 "feature_layer": self.feature_layer, **timed, **asked_first, **trained, **windowed,
-                **top_k, "extra": self.extra}
+                "extra": self.extra}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "TimeViperConfig":
@@ -81,8 +77,7 @@ class TimeViperConfig:
             raise CheckpointError(f"config.json has model_type {raw.get('model_type')!r}, expected 'timeviper' "
                                   "(to start from a SigLIP and an LLM directory, use TimeViper.from_parts)")
         keys = ("tokens_per_frame", "transv", "chat_template", "system_prompt", "feature_layer", "time_period",
-                "instruction_before_video", "trained_frames", "video_window", "read_top_k",
-                "extra")
+                "instruction_before_video", "trained_frames", "video_window", "extra")
         try:
             return cls(llm=config_from_hf(raw["llm"]), vision=raw["vision"], **{k: raw[k] for k in keys if k in raw})
         except (KeyError, TypeError) as e:
@@ -115,7 +110,6 @@ class TimeViper(nn.Module):
                                    config.time_period)
         self.llm = HybridLM(config.llm)
         self.transv = nn.ModuleDict({str(s.layer): TransV(config.llm, s) for s in parse_transv(config.transv)})
-        self.set_read_top_k(config.read_top_k)
         self.train_shares: tuple[float, float] | None = None  # training: uniform TransV's p drawn per sample
         self.evidence_attention: EvidenceAttention | None = None  # training: see timeviper.evidence
         self.extra_losses: dict[str, Tensor] = {}  # training: the last forward_train's added terms (summed, detached)
@@ -156,23 +150,10 @@ class TimeViper(nn.Module):
     def set_video_window(self, frames: int | None) -> None:
         """Let each vision token attend to the prompt before the video and to the last `frames` frames only (None:
         the whole video before it), so that past the training length the video is read as training read it,
-        while the instruction still reads it whole (see llm.attention.LocalWindow). Set to the training length,
-        videos within it are read exactly as without."""
-        if frames is not None and (type(frames) is not int or frames < 1):
-            raise ConfigError(f"the video window must be a number of frames >= 1 or None, got {frames!r}")
+        while the instruction still reads it whole (see llm.attention.VideoQueries). Set to the training length,
+        videos within it are read exactly as without; past it, the LLM's prefill costs O(frames) a token."""
+        check_frames("video_window", frames)
         self.config.video_window = frames
-
-    def set_read_top_k(self, keys: int | None) -> None:
-        """Let each token after the video (instruction and answer) attend to only its `keys` best-scoring keys per
-        head, in the LLM's attention and TransV's transfers (None: to all), so that a video far longer than
-        training's does not spread its softmax over a crowd training never showed (see
-        llm.attention.top_k_attention). Videos with fewer keys than `keys` are read exactly as without."""
-        if keys is not None and (type(keys) is not int or keys < 1):
-            raise ConfigError(f"read_top_k must be a number of keys >= 1 or None, got {keys!r}")
-        self.config.read_top_k = keys
-        for block in self.llm.layers:
-            if block.kind == "attention":
-                block.mixer.top_k = keys
 
     def set_time_period(self, period: float | None) -> None:
         """Give the projector a frame-time embedding of longest period `period` seconds (None: take it away).
@@ -375,8 +356,8 @@ class TimeViper(nn.Module):
         cache = self.llm.new_cache(1)
         window = self.config.video_window
         logits = engine.prefill(self.llm, self.transv_layers, embed[:, :enc.vision_at], vision,
-                                embed[:, enc.vision_at:], cache, window=None if window is None else
-                                window * self.config.tokens_per_frame, top_k=self.config.read_top_k)
+                                embed[:, enc.vision_at:], cache,
+                                window=None if window is None else window * self.config.tokens_per_frame)
         return cache, logits
 
     @torch.inference_mode()
@@ -467,6 +448,12 @@ class TimeViper(nn.Module):
         model.projector = Projector(vision.config.hidden_size, llm.config.hidden_size, tokens_per_frame, time_period)
         model.transv = nn.ModuleDict({str(s.layer): TransV(llm.config, s) for s in parse_transv(transv)})
         return model.to(device=llm.embed_tokens.weight.device, dtype=llm.embed_tokens.weight.dtype)
+
+
+def check_frames(name: str, value) -> None:
+    """A setting counted in frames: an integer >= 1, or None."""
+    if value is not None and (type(value) is not int or value < 1):
+        raise ConfigError(f"{name} must be a number of frames >= 1 or null, got {value!r}")
 
 
 def cut_at_stop(text: str, stop) -> str:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from timeviper.errors import ConfigError
-from timeviper.llm.attention import Attention, logn_scale, top_k_attention
+from timeviper.llm.attention import Attention, logn_scale
 from timeviper.llm.config import LMConfig
 from timeviper.llm.layers import RMSNorm
 
@@ -168,21 +168,16 @@ class TransV(nn.Module):
         return k, v
 
     def delta(self, x1: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
-              positions: Tensor | None = None, top_k: int | None = None) -> Tensor:
+              positions: Tensor | None = None) -> Tensor:
         """x1 [m, C] instruction tokens; k, v [Hkv, n, D] -> tanh(alpha) * CrossAttn(x1, dropped) [m, C].
 
         mask [m, n] (bool, optional): which dropped tokens each instruction token may see. positions [1, m]:
-        the instruction tokens' position ids, for logn scaling as in the LLM's attention. top_k: each instruction
-        token reads only its top_k best dropped tokens (per head; None: all)."""
+        the instruction tokens' position ids, for logn scaling as in the LLM's attention."""
         q = self.q_proj(self.norm_q(x1)).view(-1, self.num_heads, self.head_dim).transpose(0, 1)  # [H, m, D]
         if self.logn_length is not None:
             q = q * logn_scale(positions, self.logn_length)[:, :, None].to(q.dtype)
-        if top_k is not None and k.shape[1] > top_k:
-            visible = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device) if mask is None else mask
-            out = top_k_attention(q[None], k[None], v[None], top_k, visible)[0]
-        else:
-            out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask,
-                                                 enable_gqa=True)[0]  # [H, m, D]
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask,
+                                             enable_gqa=True)[0]  # [H, m, D]
         return torch.tanh(self.alpha).to(x1.dtype) * self.o_proj(out.transpose(0, 1).reshape(x1.shape[0], -1))
 
 

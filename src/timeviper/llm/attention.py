@@ -61,21 +61,6 @@ class VideoQueries:
         return (k <= q) & ((k < self.start) | (k > q - self.window))
 
 
-def top_k_attention(q: Tensor, k: Tensor, v: Tensor, top_k: int, mask: Tensor) -> Tensor:
-    """Each query attends to its `top_k` highest-scoring visible keys only (per head).
-
-    q [B, H, T, D]; k, v [B, Hkv, L, D]; mask bool, broadcastable to [B, 1, 1, T, L] (True: visible) -> [B, H, T, D].
-    Scores in float32; [B, H, T, L] of them are held at once, so T should be small (the text after a video).
-    """
-    groups = q.shape[1] // k.shape[1]
-    qg = q.float().unflatten(1, (k.shape[1], groups))  # [B, Hkv, G, T, D]
-    scores = (qg @ k.float()[:, :, None].transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [B, Hkv, G, T, L]
-    scores = scores.masked_fill(~mask, -torch.inf)
-    top = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
-    kept = torch.full_like(scores, -torch.inf).scatter_(-1, top.indices, top.values)
-    return (kept.softmax(-1) @ v.float()[:, :, None]).flatten(1, 2).to(q.dtype)  # [B, H, T, D]
-
-
 def _varlen_flash(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_len: int) -> Tensor:
     """Flash attention over packed sequences (CUDA). q [1, H, T, D]; k, v [1, Hkv, T, D]."""
     from torch.nn.attention.varlen import varlen_attn
@@ -107,7 +92,6 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.rope_theta, self.logn_length = cfg.rope_theta, cfg.logn_attention_length
-        self.top_k: int | None = None  # keys a query after the video reads at inference (None: all; see forward)
         self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=cfg.attention_bias)
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
@@ -116,7 +100,8 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
-    def qkv(self, x: Tensor, positions: Tensor | None, video: VideoQueries | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def qkv(self, x: Tensor, positions: Tensor | None,
+            video: VideoQueries | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, T, C] -> q [B, H, T, D], k and v [B, Hkv, T, D] (normed, rotated, q logn-scaled)."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)
@@ -134,8 +119,7 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor | None = None, cu_seqlens: Tensor | None = None,
                 state: KVCache | None = None, video: VideoQueries | None = None) -> Tensor:
-        """x [B, T, C] -> [B, T, C]. With `state` (inference), `video` marks video tokens (see VideoQueries), and
-        the other queries read only their `top_k` best keys when it is set (None: all)."""
+        """x [B, T, C] -> [B, T, C]. With `state` (inference), `video` marks video tokens (see VideoQueries)."""
         b, t, _ = x.shape
         q, k, v = self.qkv(x, positions, video)
         if video is not None and video.window is not None:
@@ -143,11 +127,7 @@ class Attention(nn.Module):
         elif state is not None:
             past = state.length
             k, v, key_mask = state.append(k, v, positions)
-            if video is None and self.top_k is not None and k.shape[2] > self.top_k:
-                if key_mask is None:  # causal, aligned to the bottom-right corner
-                    key_mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - t)
-                out = top_k_attention(q, k, v, self.top_k, key_mask[:, :, None] if key_mask.ndim == 4 else key_mask)
-            elif key_mask is not None:  # one new token per row, rows of different lengths
+            if key_mask is not None:  # one new token per row, rows of different lengths
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, enable_gqa=True)
             elif past == 0 or t == 1:  # plain causal, or one token that sees everything before it
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=past == 0 and t > 1, enable_gqa=True)

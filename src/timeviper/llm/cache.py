@@ -25,7 +25,7 @@ class MambaState:
 
 class KVCache:
     """Keys and values of one attention layer, [B, Hkv, capacity, D], grown geometrically, and the position id of
-    each key, [B, capacity] long (read by local video attention, see attention.LocalWindow).
+    each key, [B, capacity] long (read by the video window, see attention.VideoQueries).
 
     `length` is the longest row; `lengths` ([B] long) is set only when rows differ (after `stack`) or
     the cache is `static`: then every step attends over the whole capacity under a mask, so a decoding

@@ -1,6 +1,5 @@
-"""Reading long videos at inference: the video window (attention.VideoQueries) and the text's top-k keys
-(attention.top_k_attention), against naive masked softmaxes; chunked prefill with TransV; videos within either
-read exactly as without; the settings."""
+"""The video window (attention.VideoQueries): a naive masked softmax reference, chunked prefill with TransV,
+videos within the window read exactly as without it, and the setting."""
 
 import json
 import math
@@ -8,16 +7,14 @@ import math
 import pytest
 import torch
 from attention_reference import naive_attention
+from test_engine import HYBRID, build
 
 from timeviper.engine import prefill
 from timeviper.errors import ConfigError
-from timeviper.llm import HybridLM, KVCache, LMConfig
-from timeviper.llm.attention import Attention, VideoQueries, top_k_attention
-from timeviper.transv import TransV, parse_transv
+from timeviper.llm import KVCache
+from timeviper.llm.attention import Attention, VideoQueries
 
-CFG = LMConfig(vocab_size=61, hidden_size=32, pattern="M-M*-M-*-M-", num_heads=4, num_kv_heads=2, head_dim=8,
-               intermediate_size=48, mamba_num_heads=4, mamba_head_dim=8, mamba_groups=2, ssm_state_size=8,
-               chunk_size=4, logn_attention_length=4)
+CFG = HYBRID.replace(logn_attention_length=4)  # every query past the 4th token logn-scaled
 
 
 def test_windowed_chunks_match_a_naive_masked_softmax():
@@ -47,20 +44,9 @@ def test_windowed_chunks_match_a_naive_masked_softmax():
     assert cache.positions[0, : cache.length].tolist() == p
 
 
-def build(spec):
-    torch.manual_seed(0)
-    llm = HybridLM(CFG).eval()
-    transv = {s.layer: TransV(CFG, s) for s in parse_transv(spec, CFG)}
-    with torch.no_grad():
-        for m in transv.values():
-            if m.spec.transfers:
-                m.alpha.fill_(0.6)
-    return llm, transv
-
-
 @pytest.mark.parametrize("spec", ["none", "uni_2_0.5", "uni_2_0.5-attn_7_0.75"])
 def test_prefill_within_the_window_is_unchanged_and_chunking_never_matters(spec):
-    llm, transv = build(spec)
+    llm, transv = build(CFG, spec)
     torch.manual_seed(1)
     prefix, vision, instruction = torch.randn(1, 3, 32), torch.randn(1, 45, 32), torch.randn(1, 5, 32)
 
@@ -98,43 +84,3 @@ def test_the_setting_is_checked_saved_and_reaches_the_prefill(tmp_path):
     model.set_video_window(None)
     assert "video_window" not in model.config.to_dict()
 
-
-def test_top_k_attention_matches_a_naive_softmax_over_each_querys_best_keys():
-    torch.manual_seed(0)
-    q, k, v = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 30, 8), torch.randn(1, 2, 30, 8)
-    mask = torch.ones(3, 30, dtype=torch.bool).tril(27)  # the last 3 keys are the queries' own, causal
-    got = top_k_attention(q, k, v, 5, mask)
-    for h in range(4):
-        kh, vh = k[0, h // 2], v[0, h // 2]
-        for i in range(3):
-            scores = (kh @ q[0, h, i]) / math.sqrt(8)
-            scores[~mask[i]] = -torch.inf
-            best = scores.topk(5).indices
-            ref = scores[best].softmax(0) @ vh[best]
-            assert (got[0, h, i] - ref).abs().max() < 1e-5
-    assert torch.allclose(top_k_attention(q, k, v, 30, mask), torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, enable_gqa=True), atol=1e-5)  # all keys: plain attention
-
-
-def test_the_text_reads_its_top_k_keys_in_prefill_transfers_and_decoding():
-    from timeviper.model import TimeViper
-
-    model = TimeViper.from_pretrained(dtype=torch.float32)
-    frames = torch.randint(0, 256, (40, 64, 64, 3), dtype=torch.uint8)
-
-    @torch.inference_mode()
-    def answer(chunks):  # the first two tokens' logits
-        cache, logits = model.prefill(chunks, "What colour is the star?")
-        return torch.cat([logits, model.llm(input_ids=logits.argmax(-1, keepdim=True), cache=cache).logits[:, -1]])
-
-    whole = answer([frames])
-    model.set_read_top_k(10_000)  # more keys than the video has: nothing changes
-    assert torch.allclose(answer([frames[:13], frames[13:]]), whole, atol=1e-4)
-    model.set_read_top_k(16)
-    few = answer([frames])
-    assert (few - whole).abs().max() > 1e-3
-    assert torch.allclose(answer([frames[:13], frames[13:]]), few, atol=1e-4)
-    assert TimeViper(model.config, model.tokenizer).llm.layers[5].mixer.top_k == 16  # made from the config
-    for bad in (0, 2.5, True):
-        with pytest.raises(ConfigError, match="read_top_k"):
-            model.set_read_top_k(bad)
