@@ -40,7 +40,7 @@ def test_windowed_chunks_match_a_naive_masked_softmax():
     with torch.no_grad():
         ref = attn.o_proj(naive_attention(q[0], k, v, scale, mask).transpose(0, 1).reshape(1, 24, -1))
     assert (got - ref).abs().max() < 1e-5
-    assert mask.sum(1)[-1] == 3 + 5  # the window binds: the last token sees the prompt and 5 of the 20 before it
+    assert mask.sum(1)[-1] == 3 + 5  # the window binds: the last token sees the prompt, itself and 4 others
     assert cache.positions[0, : cache.length].tolist() == p
 
 
