@@ -83,4 +83,8 @@ def test_the_setting_is_checked_saved_and_reaches_the_prefill(tmp_path):
             model.set_video_window(bad)
     model.set_video_window(None)
     assert "video_window" not in model.config.to_dict()
+    config = tmp_path / "config.json"
+    config.write_text(config.read_text().replace('"video_window": 4', '"video_window": 0'))
+    with pytest.raises(ConfigError, match="video_window must be a number of frames"):
+        TimeViper.from_pretrained(tmp_path)
 
