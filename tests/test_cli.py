@@ -54,6 +54,7 @@ def test_score(tmp_path, capsys):
         (["caption"], {"caption", "frames", "seconds"}),
         (["caption", "--logn-length", "8"], {"caption", "frames", "seconds"}),
         (["ask", "What is shown?", "--video-window", "2"], {"answer", "frames", "seconds"}),
+        (["ground", "the red circle moves left", "--time-past-period", "none"], {"start", "end", "frames", "seconds"}),
     ],
 )
 def test_questions_print_one_json_object(capsys, model_dir, video, argv, keys):
@@ -106,6 +107,7 @@ def test_errors_are_one_line_and_exit_1(capsys, tmp_path, model_dir, video, argv
                                   ["eval", "synth-mcq"], ["train"], ["caption", "v.mp4", "--logn-length", "1"],
                                   ["ask", "v.mp4", "What?", "--logn-length", "long"],
                                   ["ask", "v.mp4", "What?", "--video-window", "0"],
+                                  ["ask", "v.mp4", "What?", "--time-past-period", "off"],
                                   ["export", "run", "--out", "m", "--logn-length", "none"]])
 def test_usage_errors_exit_2(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:

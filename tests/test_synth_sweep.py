@@ -226,6 +226,15 @@ def test_the_video_window_is_applied_and_recorded(model_dir, tmp_path, calls):
     assert model.config.video_window == 4
 
 
+def test_time_past_period_is_applied_and_recorded(model_dir, tmp_path, calls):
+    out = tmp_path / "sweep.json"
+    assert sweep(model_dir, out, "--tasks", "mcq", "--frames", "8", "--items", "1", "--transv", "default",
+                 "--time-past-period", "none") == 0
+    assert json.loads(out.read_text())["settings"]["time_past_period"] == "none"
+    ((model, _, _),) = calls
+    assert model.config.time_past_period == "none"
+
+
 def test_instruction_before_video_is_applied_and_recorded(model_dir, tmp_path, calls):
     out = tmp_path / "sweep.json"
     args = ("--tasks", "mcq", "--frames", "8", "--items", "1", "--transv", "default")

@@ -1,6 +1,7 @@
 """The projector's frame-time embedding: features, zero start, times from every frame source, training,
 checkpoints."""
 
+import json
 import math
 
 import pytest
@@ -56,6 +57,40 @@ def test_a_new_embedding_starts_at_zero_and_then_tells_frames_apart_by_time():
     assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[1], out[2])
     torch.testing.assert_close(out - plain(same), timed.time(times)[:, None].expand(-1, 4, -1))
     torch.testing.assert_close(timed(same), plain(same))  # no times: what the frames show alone
+
+
+def test_past_the_period_a_frame_is_told_its_time_modulo_the_period_or_nothing():
+    timed = Projector(8, 12, num_tokens=4, time_period=32)
+    torch.nn.init.normal_(timed.time.proj.weight)
+    tokens, times = torch.randn(4, 4, 12), torch.tensor([0.0, 31.0, 32.0, 70.0])
+    wrapped = timed.add_times(tokens, times)
+    torch.testing.assert_close(wrapped[2:], tokens[2:] + timed.time(torch.tensor([0.0, 6.0]))[:, None])
+    untold = timed.add_times(tokens, times, "none")
+    torch.testing.assert_close(untold[:2], wrapped[:2])  # within the period: as trained
+    torch.testing.assert_close(untold[2:], tokens[2:])  # at and past it: no time term
+    with pytest.raises(ConfigError, match="time_past_period must be one of wrap, none"):
+        timed.add_times(tokens, times, "clamp")
+
+
+def test_time_past_period_is_a_model_setting_saved_and_checked(tokenizer, tmp_path):
+    model = timed_model(tokenizer)  # period 16 s
+    short, long = frames(12), frames(40)
+    answers = {n: model.prefill([f], "What is shown?")[1] for n, f in (("short", short), ("long", long))}
+    model.set_time_past_period("none")
+    torch.testing.assert_close(model.prefill([short], "What is shown?")[1], answers["short"])
+    assert (model.prefill([long[:20], long[20:]], "What is shown?")[1] - answers["long"]).abs().max() > 1e-4
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["time_past_period"] == "none"
+    assert TimeViper.from_pretrained(tmp_path).config.time_past_period == "none"
+    for bad in ("off", None, True):
+        with pytest.raises(ConfigError, match="time_past_period"):
+            model.set_time_past_period(bad)
+    model.set_time_past_period("wrap")
+    assert "time_past_period" not in model.config.to_dict()  # configs as trained stay as they were
+    config = tmp_path / "config.json"
+    config.write_text(config.read_text().replace('"time_past_period": "none"', '"time_past_period": "nothing"'))
+    with pytest.raises(ConfigError, match="time_past_period must be one of"):
+        TimeViper.from_pretrained(tmp_path)
 
 
 def test_bad_periods_and_missing_times_are_refused():

@@ -30,7 +30,8 @@ def load_model(args):
     if args.transv is not None:
         model.set_transv(args.transv)
     # long_video_args (absent: the model's own settings)
-    for name, setter in (("logn_length", model.set_logn_attention), ("video_window", model.set_video_window)):
+    for name, setter in (("logn_length", model.set_logn_attention), ("video_window", model.set_video_window),
+                         ("time_past_period", model.set_time_past_period)):
         if getattr(args, name, "default") != "default":
             setter(getattr(args, name))
     return model
@@ -59,13 +60,16 @@ def frames_or_all(text: str) -> int | None | str:
 
 
 def long_video_args(p: argparse.ArgumentParser) -> None:
-    """How videos longer than training's are read: logn attention and the video window."""
+    """How videos longer than training's are read: logn attention, the video window and late frames' times."""
     p.add_argument("--logn-length", type=logn_length, default="default", metavar="N|none|default",
                    help="scale attention past N tokens (log n / log N) for videos longer than training's; "
                         "default: the model's own setting")
     p.add_argument("--video-window", type=frames_or_all, default="default", metavar="N|all|default",
                    help="vision tokens attend to the last N frames only (all: the whole video before them); the "
                         "instruction still reads the whole video; default: the model's own setting")
+    p.add_argument("--time-past-period", choices=("wrap", "none", "default"), default="default",
+                   help="what a frame past the time embedding's longest period is told of its time: wrap (its time "
+                        "modulo the period, as trained), none; default: the model's own setting")
 
 
 def answer(args, instruction: str, past_training: str = "") -> tuple[str, int, float]:

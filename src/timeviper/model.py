@@ -30,7 +30,7 @@ from timeviper.llm.model import matmul_params
 from timeviper.prompts import SYSTEM_PROMPT, TextTokenizer, encode_prompt
 from timeviper.transv import Span, TransV, parse_transv, run_packed
 from timeviper.vision.preprocess import preprocess_frames
-from timeviper.vision.projector import Projector, TimeEmbedding, check_time_period
+from timeviper.vision.projector import Projector, TimeEmbedding, check_time_past_period, check_time_period
 
 EMBEDDED = Path(__file__).parent / "assets" / "embedded"
 VISION_CHUNK_ELEMENTS = 64 * 729 * 1152  # patch features through the vision encoder at once (64 so400m frames)
@@ -49,6 +49,7 @@ class TimeViperConfig:
     instruction_before_video: bool = False  # the instruction also before the video (see encode_conversation)
     trained_frames: int | None = None  # the most frames of one video any training run gave it (None: not recorded)
     video_window: int | None = None  # frames a vision token attends back to at inference (None: the whole video)
+    time_past_period: str = "wrap"  # a frame past time_period told its time modulo the period ("wrap") or none
     extra: dict = field(default_factory=dict)  # free-form (e.g. the training recipe), kept on save
 
     def __post_init__(self):
@@ -58,6 +59,7 @@ class TimeViperConfig:
             raise ConfigError(f"instruction_before_video must be true or false, got {self.instruction_before_video!r}")
         check_frames("trained_frames", self.trained_frames)
         check_frames("video_window", self.video_window)
+        check_time_past_period(self.time_past_period)
 
     def to_dict(self) -> dict:
         # written only when set, so that configs of the paper's layout stay as they were
@@ -65,10 +67,11 @@ class TimeViperConfig:
         asked_first = {"instruction_before_video": True} if self.instruction_before_video else {}
         trained = {} if self.trained_frames is None else {"trained_frames": self.trained_frames}
         windowed = {} if self.video_window is None else {"video_window": self.video_window}
+        untimed = {} if self.time_past_period == "wrap" else {"time_past_period": self.time_past_period}
         return {"model_type": "timeviper", "llm": config_to_hf(self.llm, torch.float32), "vision": self.vision,
                 "tokens_per_frame": self.tokens_per_frame, "transv": self.transv,
                 "chat_template": self.chat_template, "system_prompt": self.system_prompt,
-                "feature_layer": self.feature_layer, **timed, **asked_first, **trained, **windowed,
+                "feature_layer": self.feature_layer, **timed, **asked_first, **trained, **windowed, **untimed,
                 "extra": self.extra}
 
     @classmethod
@@ -77,7 +80,7 @@ class TimeViperConfig:
             raise CheckpointError(f"config.json has model_type {raw.get('model_type')!r}, expected 'timeviper' "
                                   "(to start from a SigLIP and an LLM directory, use TimeViper.from_parts)")
         keys = ("tokens_per_frame", "transv", "chat_template", "system_prompt", "feature_layer", "time_period",
-                "instruction_before_video", "trained_frames", "video_window", "extra")
+                "instruction_before_video", "trained_frames", "video_window", "time_past_period", "extra")
         try:
             return cls(llm=config_from_hf(raw["llm"]), vision=raw["vision"], **{k: raw[k] for k in keys if k in raw})
         except (KeyError, TypeError) as e:
@@ -155,6 +158,14 @@ class TimeViper(nn.Module):
         check_frames("video_window", frames)
         self.config.video_window = frames
 
+    def set_time_past_period(self, mode: str) -> None:
+        """What a frame at or past the time embedding's longest period (256 s for the embedded model) is told of its
+        time: "wrap" its time modulo the period, as in training; "none" nothing, so that in a video many periods
+        long the frames of one time of the period do not all read alike. Videos within the period read the same
+        either way."""
+        check_time_past_period(mode)
+        self.config.time_past_period = mode
+
     def set_time_period(self, period: float | None) -> None:
         """Give the projector a frame-time embedding of longest period `period` seconds (None: take it away).
         A new one starts at zero, so the model reads as before until trained; one of that period is kept."""
@@ -207,7 +218,8 @@ class TimeViper(nn.Module):
     def add_frame_times(self, tokens: Tensor, times: Tensor | None) -> Tensor:
         """Vision tokens [F, n, C] of frame_tokens and the times their frames were shown (seconds [F]) -> the
         tokens the model reads: with the projector's time term added, if it has one (else as they are)."""
-        return self.projector.add_times(tokens, None if times is None else times.to(self.device))
+        return self.projector.add_times(tokens, None if times is None else times.to(self.device),
+                                        self.config.time_past_period)
 
     def _vision_stream(self, chunks: Iterable, on_frames: Callable[[int], None] | None) -> Iterator[Tensor]:
         """Vision tokens [1, n, C] of each chunk: a timeviper.sampling.Video (frames and their timestamps) or a

@@ -3,7 +3,7 @@ files.
 
     python -m timeviper.eval.synth_sweep --tasks mcq,tvg,needle --frames 256,2000,10000 --items 50 \
         --transv default,none,uni_7_0.5 --out runs/sweep.json --plot runs/sweep.png [--model DIR] [--max-frames 1024] \
-        [--logn-length none|N] [--video-window all|N] [--instruction-before-video on|off]
+        [--logn-length none|N] [--video-window all|N] [--time-past-period wrap|none] [--instruction-before-video on|off]
 
 A cell (transv, task, length) asks the model about the first --items usable seeds of --split from its start +
 --seed-offset (test, from 1,100,000, for the numbers reported; validation, from 1,000,000, for choosing settings
@@ -19,8 +19,8 @@ items it answered (such a cell's `n` is below the settings' `items`), and a reru
 it holds and finishes the one it stopped in (its settings must match; a larger --items asks each held cell only
 the items it lacks, the next seeds, and grows it, to narrow its interval):
 
-    {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"][, "video_window"][, "split"]
-                  [, "tvg_search"][, "tvg_shots"][, "caption_shots"][, "instruction_before_video"]},
+    {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"][, "video_window"]
+                  [, "time_past_period"][, "split"][, "tvg_search"][, "tvg_shots"][, "caption_shots"][, "instruction_before_video"]},
      "cells": [{"transv", "spec", "task", "frames", "n", "metrics", "seconds", "seconds_per_item",
                 "frames_per_item", "seeds", "responses"}, ...]}
 
@@ -181,7 +181,8 @@ def answerer(args, setting: str, before: bool | None):
     """(answer, spec): answer(items) yields runner.predict records of (spec, item) pairs in order, from one model
     in this process or from `args.workers` processes with a model each; spec is the TransV spec in effect."""
     model_args = argparse.Namespace(model=args.model, device=args.device, logn_length=args.logn_length,
-                                    video_window=args.video_window, transv=None if setting == "default" else setting)
+                                    video_window=args.video_window, time_past_period=args.time_past_period,
+                                    transv=None if setting == "default" else setting)
     if args.workers == 1:
         model = load_sweep_model(model_args, before)
         yield model_answer(model, args), model.config.transv
@@ -264,6 +265,8 @@ def sweep(args) -> list[dict]:
         settings["logn_length"] = args.logn_length
     if args.video_window != "default":
         settings["video_window"] = args.video_window
+    if args.time_past_period != "default":
+        settings["time_past_period"] = args.time_past_period
     if args.split != "test":  # (nor do files of test seeds)
         settings["split"] = args.split
     if args.tvg_search:  # (nor do files of single-pass grounding)

@@ -18,6 +18,14 @@ def check_time_period(period) -> None:
         raise ConfigError(f"time_period must be a number of seconds >= 2, or None (no time embedding); got {period!r}")
 
 
+TIME_PAST_PERIOD = ("wrap", "none")  # what a frame at or past the longest period is told of its time
+
+
+def check_time_past_period(value) -> None:
+    if value not in TIME_PAST_PERIOD:
+        raise ConfigError(f"time_past_period must be one of {', '.join(TIME_PAST_PERIOD)}; got {value!r}")
+
+
 def num_periods(period: float) -> int:
     """How many periods halve from `period` down to no less than 2 s (the shortest that 1 fps can tell)."""
     return int(math.log2(period / 2)) + 1
@@ -73,12 +81,17 @@ class Projector(nn.Module):
         merged, _ = merge_tokens(features, self.num_tokens)  # [F, num_tokens, vision_dim]
         return self.add_times(self.mlp(merged.to(self.mlp[0].weight.dtype)), times)  # [F, num_tokens, llm_dim]
 
-    def add_times(self, tokens: torch.Tensor, times: torch.Tensor | None) -> torch.Tensor:
+    def add_times(self, tokens: torch.Tensor, times: torch.Tensor | None, past_period: str = "wrap") -> torch.Tensor:
         """Tokens [F, n, llm_dim] with the time term of their frames' times [F] added (none without a time
-        embedding or without times: what the frames show alone)."""
+        embedding or without times: what the frames show alone). A frame at or past the longest period is told
+        its time modulo the period (`past_period` "wrap", as trained) or nothing ("none")."""
         if self.time is None or times is None:
             return tokens
         if times.shape != tokens.shape[:1]:
             raise ConfigError(f"this projector embeds frame times: pass one time per frame ([{tokens.shape[0]}]), "
                               f"got {tuple(times.shape)}")
-        return tokens + self.time(times)[:, None]  # [F, 1, llm_dim] onto each of the frame's tokens
+        check_time_past_period(past_period)
+        term = self.time(times)  # [F, llm_dim]
+        if past_period == "none":
+            term = term * (times < self.time.period).to(term.dtype)[:, None]
+        return tokens + term[:, None]  # [F, 1, llm_dim] onto each of the frame's tokens
