@@ -20,7 +20,8 @@ it holds and finishes the one it stopped in (its settings must match; a larger -
 the items it lacks, the next seeds, and grows it, to narrow its interval):
 
     {"settings": {"model", "items", "seed_offset", "max_frames", "size"[, "logn_length"][, "video_window"]
-                  [, "time_past_period"][, "split"][, "tvg_search"][, "tvg_shots"][, "caption_shots"][, "instruction_before_video"]},
+                  [, "time_past_period"][, "split"][, "tvg_search"][, "tvg_shots"][, "caption_shots"]
+                  [, "instruction_before_video"]},
      "cells": [{"transv", "spec", "task", "frames", "n", "metrics", "seconds", "seconds_per_item",
                 "frames_per_item", "seeds", "responses"}, ...]}
 
