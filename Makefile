@@ -37,7 +37,8 @@ demo: install
 # with those questions added (data seed 51), 880 of that mix with captions of one scene at a time added
 # (configs/embedded-shots.yaml, data seed 53), and 820 with grounding questions on one scene at a time added as well
 # (configs/embedded-shot-grounding.yaml, data seed 54): a bf16 model directory in runs/embedded-model, with logn attention past
-# 1,024 tokens, as shipped (the frame-time phases train with it, as the shipped model's did).
+# 1,024 tokens, as shipped (the frame-time phases train with it, as the shipped model's did), and frames past 256 s
+# told no time, as shipped (the phases trained with them told their time modulo 256 s, as the shipped model's did).
 GROUNDING_MIX = --set "data.datasets=$$(cat configs/embedded-grounding.yaml)"
 LONG_MCQ_FILES = configs/embedded-grounding.yaml configs/embedded-long-mcq.yaml
 LONG_MCQ_MIX = --set "data.datasets=$$(cat $(LONG_MCQ_FILES))"
@@ -113,7 +114,8 @@ embedded: install
 	$(VENV)/bin/timeviper train --config configs/embedded.yaml --output runs/embedded-shot-grounding $(TIME_PHASE) \
 		$(SHOT_GROUNDING_MIX) --set model.transv=null --set train.max_steps=820 \
 		--set model.pretrained=runs/embedded-shots-model --set train.seed=54
-	$(VENV)/bin/timeviper export runs/embedded-shot-grounding --out runs/embedded-model --dtype bfloat16
+	$(VENV)/bin/timeviper export runs/embedded-shot-grounding --out runs/embedded-model --dtype bfloat16 \
+		--time-past-period none
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -108,7 +108,8 @@ def test_errors_are_one_line_and_exit_1(capsys, tmp_path, model_dir, video, argv
                                   ["ask", "v.mp4", "What?", "--logn-length", "long"],
                                   ["ask", "v.mp4", "What?", "--video-window", "0"],
                                   ["ask", "v.mp4", "What?", "--time-past-period", "off"],
-                                  ["export", "run", "--out", "m", "--logn-length", "none"]])
+                                  ["export", "run", "--out", "m", "--logn-length", "none"],
+                                  ["export", "run", "--out", "m", "--time-past-period", "default"]])
 def test_usage_errors_exit_2(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

@@ -38,6 +38,7 @@ def scores(model, task: str, frames: int, count: int, search: SearchConfig | Non
 def test_it_loads_from_the_package(embedded):
     assert embedded.config.transv == "uni_2_0.5-attn_15_0.9" and embedded.config.tokens_per_frame == 16
     assert embedded.llm.config.pattern == "M-M-M*-M-M*-M-M*-"
+    assert embedded.config.time_past_period == "none"  # frames past 256 s told no time (the model card)
 
 
 def test_multiple_choice_on_16_s_clips(embedded):  # chance: 25%; the model card: 100% on 100 clips

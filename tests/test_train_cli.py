@@ -105,6 +105,9 @@ def test_export_a_checkpoint(tmp_path, capsys):
     assert exported.llm.logn_attention_length is None and exported.trained_frames == 8  # as trained: max_frames 8
     assert main(["export", str(out), "--out", str(tmp_path / "logn"), "--logn-length", "1024"]) == 0
     assert TimeViper.from_pretrained(tmp_path / "logn").config.llm.logn_attention_length == 1024
+    assert exported.time_past_period == "wrap"
+    assert main(["export", str(out), "--out", str(tmp_path / "untimed"), "--time-past-period", "none"]) == 0
+    assert TimeViper.from_pretrained(tmp_path / "untimed").config.time_past_period == "none"
 
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "none")]) == 1
     assert "neither a complete training checkpoint nor a run directory" in capsys.readouterr().err

@@ -284,7 +284,8 @@ def cmd_export(args) -> None:
 
     from timeviper.train.build import export_checkpoint
 
-    used = export_checkpoint(args.checkpoint, args.out, getattr(torch, args.dtype), args.logn_length)
+    used = export_checkpoint(args.checkpoint, args.out, getattr(torch, args.dtype), args.logn_length,
+                             args.time_past_period)
     print(f"wrote the model of {used} to {args.out}")
 
 
@@ -406,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the weights")
     p.add_argument("--logn-length", type=token_length, default=None, metavar="N",
                    help="set the exported model's logn attention length (default: as trained)")
+    p.add_argument("--time-past-period", choices=("wrap", "none"), default=None,
+                   help="set what the exported model tells frames past its time period (default: as trained)")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("eval", help="evaluate on a benchmark")

@@ -68,10 +68,10 @@ def build_model(config: Config, dtype: torch.dtype = torch.float32, device=None)
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtype = torch.float32,
-                      logn_length: int | None = None) -> Path:
+                      logn_length: int | None = None, time_past_period: str | None = None) -> Path:
     """Write the model of a training checkpoint (or of the newest one in a run directory) to `out` as a
-    TimeViper directory, weights as `dtype`, with `logn_length` (when given) as its logn attention length;
-    returns the checkpoint used.
+    TimeViper directory, weights as `dtype`, with `logn_length` (when given) as its logn attention length and
+    `time_past_period` (when given) as what frames past its time period are told; returns the checkpoint used.
 
     The model is built afresh from the checkpoint's config.yaml (frozen parts from their pretrained
     directories) and receives the checkpoint's trained weights, in one process on the CPU. Its
@@ -89,6 +89,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtyp
     load_model_weights(model, found, DistEnv(0, 0, 1, torch.device("cpu")), require_all=random_init)
     if logn_length is not None:
         model.set_logn_attention(logn_length)
+    if time_past_period is not None:
+        model.set_time_past_period(time_past_period)
     model.config.trained_frames = max(model.config.trained_frames or 0, config.data.most_frames())
     model.save_pretrained(out)
     return found
