@@ -136,3 +136,10 @@ def test_demo_layout_without_rich(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "rich.console", None)  # import fails: plain text
     show("Title", [("Section", [("model", "[b]not markup[/b]"), ("truth", "x")])])
     assert capsys.readouterr().out == "Title\n\nSection\n  model:     [b]not markup[/b]\n  truth:     x\n"
+
+
+def test_the_parser_offers_the_time_past_period_settings_the_model_takes():
+    from timeviper import cli
+    from timeviper.vision import projector
+
+    assert cli.TIME_PAST_PERIOD == projector.TIME_PAST_PERIOD

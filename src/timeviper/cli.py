@@ -59,6 +59,9 @@ def frames_or_all(text: str) -> int | None | str:
     return int(text)
 
 
+TIME_PAST_PERIOD = ("wrap", "none")  # timeviper.vision.projector's, kept here so that the parser needs no torch
+
+
 def long_video_args(p: argparse.ArgumentParser) -> None:
     """How videos longer than training's are read: logn attention, the video window and late frames' times."""
     p.add_argument("--logn-length", type=logn_length, default="default", metavar="N|none|default",
@@ -67,7 +70,7 @@ def long_video_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video-window", type=frames_or_all, default="default", metavar="N|all|default",
                    help="vision tokens attend to the last N frames only (all: the whole video before them); the "
                         "instruction still reads the whole video; default: the model's own setting")
-    p.add_argument("--time-past-period", choices=("wrap", "none", "default"), default="default",
+    p.add_argument("--time-past-period", choices=(*TIME_PAST_PERIOD, "default"), default="default",
                    help="what a frame past the time embedding's longest period is told of its time: wrap (its time "
                         "modulo the period, as trained), none; default: the model's own setting")
 
@@ -407,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the weights")
     p.add_argument("--logn-length", type=token_length, default=None, metavar="N",
                    help="set the exported model's logn attention length (default: as trained)")
-    p.add_argument("--time-past-period", choices=("wrap", "none"), default=None,
+    p.add_argument("--time-past-period", choices=TIME_PAST_PERIOD, default=None,
                    help="set what the exported model tells frames past its time period (default: as trained)")
     p.set_defaults(run=cmd_export)
 
